@@ -1,0 +1,57 @@
+"""The values a run produces and hands from compare to gate to report."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+    """Where every captured record ended: `captured == joined + quarantined` must hold."""
+
+    captured: int
+    joined: int
+    quarantined: int
+    by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        return self.joined / self.captured if self.captured else 0.0
+
+    @property
+    def balanced(self) -> bool:
+        return self.captured == self.joined + self.quarantined and sum(self.by_reason.values()) == self.quarantined
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricValue:
+    """One statistic for one slice of a run.
+
+    Paired statistics (agreement, match rates) have only `value`. Per-model statistics
+    (accuracy, mean score) also carry `production`, `candidate` and `delta = candidate - production`;
+    their `value` is the candidate's.
+    """
+
+    name: str
+    value: float | None
+    slice: str = "all"
+    production: float | None = None
+    candidate: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    support: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """What compare found: the metrics plus the shapes a report draws."""
+
+    metrics: tuple[MetricValue, ...]
+    flip_matrix: dict[str, dict[str, int]]
+    """production label -> candidate label -> records."""
+    score_delta: dict[str, float]
+    """Summary of candidate - production score: mean, std, min, p01, p05, p50, p95, p99, max, mean_abs."""
+    has_ground_truth: bool = False
+
+    def metric(self, name: str, slice: str = "all") -> MetricValue | None:
+        return next((m for m in self.metrics if m.name == name and m.slice == slice), None)

@@ -1,0 +1,295 @@
+"""Typed, layered run configuration, checked once at load.
+
+A YAML file maps onto the frozen dataclasses below. Unknown keys, wrong types and
+out-of-range values are errors that name the file and the dotted key. Relative paths
+are kept as written; callers resolve them against the working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+InputFormat = Literal["auto", "csv", "jsonlines", "json", "binary"]
+OutputFormat = Literal["auto", "csv", "json", "jsonlines"]
+Severity = Literal["critical", "warning"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and the dotted key it concerns."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureConfig:
+    root: str = "capture"
+    """Folder laid out as SageMaker writes capture: <root>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl."""
+    endpoint: str | None = None
+    """Only this endpoint's folder; None reads every endpoint under root."""
+    variant: str | None = None
+    """Only this variant's folder; None reads every variant."""
+    window_start: dt.datetime | None = None
+    """Inclusive UTC start; hour folders are pre-selected, records filtered by inferenceTime."""
+    window_end: dt.datetime | None = None
+    """Exclusive UTC end."""
+    input_format: InputFormat = "auto"
+    """How request bodies split into records; auto decides from the observed content type."""
+    instances_path: str = "instances"
+    """JMESPath from a JSON request document to its list of records."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputParsing:
+    format: OutputFormat = "auto"
+    """auto decides from the response content type."""
+    records_path: str | None = None
+    """JMESPath from a JSON response document to its list of records; None tries `predictions`."""
+    score_path: str | None = None
+    """JMESPath from one record to its score; None tries `score`, then a bare number."""
+    label_path: str | None = None
+    """JMESPath from one record to its label; None tries `predicted_label`, then `label`."""
+    score_column: int | None = 0
+    """CSV: column holding the score."""
+    label_column: int | None = None
+    """CSV: column holding the label; None derives it from the score and label_threshold."""
+    label_threshold: float = 0.5
+    """A label derived from a score is `score >= label_threshold`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSide:
+    model: str | None = None
+    """A model.tar.gz, an unpacked model folder, or the http(s) URL of a running container."""
+    output: OutputParsing = OutputParsing()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    batch_strategy: Literal["MultiRecord", "SingleRecord"] = "MultiRecord"
+    max_payload_mb: int = 6
+    max_concurrent_transforms: int | None = 1
+    """None asks the container's /execution-parameters, as SageMaker does."""
+    invocation_timeout_s: int = 600
+    invocation_max_retries: int = 3
+    noise_floor: bool = True
+    """Also replay the production model through the same path, when production.model is set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundTruthConfig:
+    root: str | None = None
+    """Model Monitor ground-truth folder (yyyy/mm/dd/hh/*.jsonl); None runs without labels."""
+    records_path: str = "instances"
+    """JMESPath from a JSON ground-truth document to its list of labels (multi-record calls)."""
+    label_path: str = "label"
+    """JMESPath from one JSON ground-truth record to its label."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    decimals: int = 6
+    """Numbers are rounded to this many significant decimals before hashing."""
+    abs_tolerance: float = 1e-6
+    rel_tolerance: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class GateCheck:
+    metric: str
+    """A metric name from analysis.compare.METRICS."""
+    threshold: float
+    direction: Literal["at_least", "at_most"] = "at_least"
+    relative_to_production: bool = False
+    """Judge candidate - production instead of the candidate's value."""
+    severity: Severity = "critical"
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    min_records: int = 1
+    min_coverage: float = 0.99
+    """Joined / captured records below this never approves."""
+    checks: tuple[GateCheck, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryConfig:
+    kind: Literal["local", "sagemaker"] = "local"
+    path: str = "registry.sqlite"
+    """Local registry file, relative to the workspace."""
+    group: str = "shadow-eval-demo"
+    """Model package group the candidate belongs to."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TablesConfig:
+    database: str = "shadow_eval"
+    """Glue database, or the schema name inside the local DuckDB file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    workspace: str = ".shadow-eval"
+    capture: CaptureConfig = CaptureConfig()
+    production: ModelSide = ModelSide()
+    candidate: ModelSide = ModelSide()
+    replay: ReplayConfig = ReplayConfig()
+    ground_truth: GroundTruthConfig = GroundTruthConfig()
+    compare: CompareConfig = CompareConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tables: TablesConfig = TablesConfig()
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "replay.max_payload_mb": (0, 100),
+    "replay.max_concurrent_transforms": (1, 1000),
+    "replay.invocation_timeout_s": (1, 3600),
+    "replay.invocation_max_retries": (0, 3),
+    "compare.decimals": (0, 15),
+    "compare.abs_tolerance": (0, float("inf")),
+    "compare.rel_tolerance": (0, float("inf")),
+    "gate.min_records": (0, float("inf")),
+    "gate.min_coverage": (0, 1),
+    "output.label_threshold": (0, 1),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config file, apply dotted-key overrides (from the CLI), validate."""
+    source = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(source, "<file>", "no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "<file>", f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, "<root>", "expected a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return config_from_mapping(data, source)
+
+
+def config_from_mapping(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain mapping (as YAML would give) into a Config."""
+    config = _build(Config, data, "", source)
+    if config.replay.max_concurrent_transforms and config.replay.max_payload_mb:
+        if config.replay.max_concurrent_transforms * config.replay.max_payload_mb > 100:
+            raise ConfigError(source, "replay.max_concurrent_transforms",
+                              "max_concurrent_transforms x max_payload_mb must be <= 100, as in SageMaker")
+    window = config.capture
+    if window.window_start and window.window_end and window.window_start >= window.window_end:
+        raise ConfigError(source, "capture.window_end", "must be after capture.window_start")
+    for key, name in (("registry.group", config.registry.group), ("tables.database", config.tables.database)):
+        if not _NAME.match(name):
+            raise ConfigError(source, key, f"{name!r} is not a plain name (letters, digits, _ . -)")
+    return config
+
+
+def to_mapping(config: Any) -> Any:
+    """The config as plain data (for run records and reports)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_mapping(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple):
+        return [to_mapping(item) for item in config]
+    if isinstance(config, dt.datetime):
+        return config.isoformat().replace("+00:00", "Z")
+    return config
+
+
+def parse_utc(text: str) -> dt.datetime:
+    """An ISO-8601 time; naive times are taken as UTC, as capture folders are."""
+    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix or "<root>", f"expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(source, _join(prefix, unknown[0]),
+                          f"unknown key (known: {', '.join(sorted(fields))})")
+    values = {}
+    for name, field in fields.items():
+        key = _join(prefix, name)
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], key, source)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(source, key, "required")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(source, key, f"{value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(source, key, "expected a list")
+        return tuple(_coerce(args[0], item, f"{key}[{i}]", source) for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    if hint is dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        try:
+            return parse_utc(str(value))
+        except ValueError:
+            raise ConfigError(source, key, f"{value!r} is not an ISO-8601 time") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(source, key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+        _check_range(key, value, source)
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(source, key, f"expected a non-empty string, got {value!r}")
+        return value
+    raise ConfigError(source, key, f"unsupported type {hint}")
+
+
+def _check_range(key: str, value: float, source: str) -> None:
+    for suffix, (low, high) in _RANGES.items():
+        if key == suffix or key.endswith("." + suffix):
+            if not low <= value <= high:
+                raise ConfigError(source, key, f"{value} is outside [{low}, {high}]")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
