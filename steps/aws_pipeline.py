@@ -1,0 +1,299 @@
+"""The SageMaker Pipeline: the local stages as Processing jobs, the replay as Batch Transform jobs.
+
+    Prepare ─▶ ReplayCandidate-<group> ─▶ ReplayProductionSwitch
+                                          ├ true:  ReplayProduction-<group> ─▶ JoinCompareWithProduction ─▶ GateWithProduction
+                                          └ false: JoinCompare ─▶ Gate
+    Gate*: approved >= 1 ─▶ Approve*            else ─▶ Reject* ─▶ Rejected* (FailStep)
+
+The tail is built twice because SageMaker Pipelines cannot rejoin after a ConditionStep: a step
+that depends on a step in the branch not taken never runs (aws/sagemaker-python-sdk#3565).
+`get_pipeline` builds; it never creates, starts or describes anything, and opens no socket as
+long as the environment opts out of telemetry (docs/aws.md).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+from typing import Any
+
+from steps.aws_settings import AwsSettings, replay_groups
+from steps.config import Config
+
+log = logging.getLogger(__name__)
+
+PROCESSING = "/opt/ml/processing"
+ENTRYPOINT = ["python3", "-m", "steps.entrypoints"]
+_GROUP_STEP = {"csv": "csv", "jsonlines": "jsonlines", "json": "json", "binary": "binary"}
+
+
+def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> Any:
+    """The shadow-eval Pipeline for this config; every parameter has a default."""
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.parameters import ParameterBoolean, ParameterString
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+
+    _validate_sdk_config_once()
+    session = session or pipeline_session(settings)
+    capture_default = config.capture.root if config.capture.root.startswith("s3://") else ""
+    params = {
+        "CandidatePackageArn": ParameterString("CandidatePackageArn", default_value=settings.candidate_package_arn),
+        "ProductionEndpoint": ParameterString("ProductionEndpoint", default_value=config.capture.endpoint or ""),
+        "ProductionVariant": ParameterString("ProductionVariant", default_value=config.capture.variant or "AllTraffic"),
+        "CaptureS3Uri": ParameterString("CaptureS3Uri", default_value=capture_default),
+        "WindowStart": ParameterString("WindowStart", default_value=_iso(config.capture.window_start)),
+        "WindowEnd": ParameterString("WindowEnd", default_value=_iso(config.capture.window_end)),
+        "GroundTruthS3Uri": ParameterString("GroundTruthS3Uri", default_value=_s3_or_empty(config.ground_truth.root)),
+        "OutputS3Uri": ParameterString("OutputS3Uri", default_value=settings.output_s3_uri),
+        "ConfigS3Uri": ParameterString("ConfigS3Uri", default_value=config_uri(settings)),
+        "ProcessingInstanceType": ParameterString("ProcessingInstanceType",
+                                                  default_value=settings.processing_instance_type),
+        "TransformInstanceType": ParameterString("TransformInstanceType",
+                                                 default_value=settings.transform_instance_type),
+        "ReplayProduction": ParameterBoolean("ReplayProduction", default_value=config.replay.noise_floor),
+    }
+    run_id = ExecutionVariables.PIPELINE_EXECUTION_ID
+    run_uri = Join(on="/", values=[params["OutputS3Uri"], "runs", run_id])
+    builder = _Builder(config, settings, session, params, run_id, run_uri)
+    prepare = builder.prepare()
+    candidate = [builder.replay(prepare, "candidate", group) for group in replay_groups(settings, config)]
+    production = [builder.replay(prepare, "production", group) for group in replay_groups(settings, config)]
+    switch = builder.switch(production, builder.tail("WithProduction", candidate + production),
+                            builder.tail("", candidate))
+    return Pipeline(name=settings.pipeline_name, parameters=list(params.values()),
+                    steps=[prepare, *candidate, switch], sagemaker_session=session)
+
+
+def pipeline_session(settings: AwsSettings) -> Any:
+    """A PipelineSession for the configured region (boto3 clients are lazy: no call here)."""
+    import boto3
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+
+    boto_session = boto3.Session(region_name=settings.region)
+    return PipelineSession(boto_session=boto_session, default_bucket=settings.bucket)
+
+
+def config_uri(settings: AwsSettings) -> str:
+    """Where `pipeline upsert` puts the config file the Processing jobs read."""
+    return settings.uri("config", "shadow-eval.yaml")
+
+
+class _Builder:
+    """Builds each step from the shared parameters; one instance per get_pipeline call."""
+
+    def __init__(self, config: Config, settings: AwsSettings, session: Any, params: dict, run_id: Any, run_uri: Any):
+        self.config, self.settings, self.session = config, settings, session
+        self.params, self.run_id, self.run_uri = params, run_id, run_uri
+        from sagemaker.core.workflow.functions import Join
+
+        self.candidate_model = Join(on="-", values=["shadow-eval", run_id, "candidate"])
+        """Model name Prepare creates; a pipeline expression, so definition() never calls DescribeModel."""
+        self.models_file = self._property_file("PreparedModels", "run", "models.json")
+
+    def prepare(self) -> Any:
+        from sagemaker.mlops.workflow.steps import ProcessingStep
+
+        p = self.params
+        args = self._processor().run(
+            inputs=[self._input("config", p["ConfigS3Uri"])],
+            outputs=[self._output("prepare", "prepare"), self._output("run", "run")],
+            arguments=["prepare", "--run-id", self.run_id,
+                       "--capture-s3-uri", p["CaptureS3Uri"], "--endpoint", p["ProductionEndpoint"],
+                       "--variant", p["ProductionVariant"], "--window-start", p["WindowStart"],
+                       "--window-end", p["WindowEnd"], "--candidate-package-arn", p["CandidatePackageArn"],
+                       "--candidate-model-name", self.candidate_model],
+            kms_key=self.settings.kms_key_id)
+        return ProcessingStep(name="Prepare", step_args=args, property_files=[self.models_file],
+                              description="Read the capture window; write replay input and records; create the "
+                                          "candidate Model from its package")
+
+    def replay(self, prepare: Any, side: str, group: str) -> Any:
+        from sagemaker.core.transformer import Transformer
+        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.mlops.workflow.steps import TransformStep
+
+        knobs = group_knobs(group, self.config)
+        if side == "candidate":
+            model_name = self.candidate_model
+        else:
+            model_name = JsonGet(step_name=prepare.name, property_file=self.models_file, json_path="production_model")
+        prepared = prepare.properties.ProcessingOutputConfig.Outputs["prepare"].S3Output.S3Uri
+        replay = self.config.replay
+        transformer = Transformer(
+            model_name=model_name, instance_count=self.settings.transform_instance_count,
+            instance_type=self.params["TransformInstanceType"], strategy=knobs["batch_strategy"],
+            assemble_with=knobs["assemble_with"], accept=knobs["accept"],
+            output_path=Join(on="/", values=[self.run_uri, "replay", side, group, ""]),
+            max_payload=replay.max_payload_mb, max_concurrent_transforms=replay.max_concurrent_transforms,
+            output_kms_key=self.settings.kms_key_id, volume_kms_key=self.settings.kms_key_id,
+            sagemaker_session=self.session)
+        processing = knobs["data_processing"] or {}
+        args = transformer.transform(
+            # The trailing / keeps the S3Prefix from also matching replay-input/<group>-something.
+            data=Join(on="/", values=[prepared, "replay-input", group, ""]),
+            content_type=knobs["content_type"], split_type=knobs["split_type"],
+            input_filter=processing.get("InputFilter"), join_source=processing.get("JoinSource"),
+            output_filter=processing.get("OutputFilter"),
+            model_client_config={"InvocationsTimeoutInSeconds": replay.invocation_timeout_s,
+                                 "InvocationsMaxRetries": replay.invocation_max_retries})
+        title = "Candidate" if side == "candidate" else "Production"
+        return TransformStep(name=f"Replay{title}-{_GROUP_STEP[group]}", step_args=args,
+                             description=f"Replay the {group} records through the {side} model")
+
+    def switch(self, production: list, with_production: list, candidate_only: list) -> Any:
+        from sagemaker.core.workflow.conditions import ConditionEquals
+        from sagemaker.mlops.workflow.condition_step import ConditionStep
+
+        return ConditionStep(name="ReplayProductionSwitch",
+                             conditions=[ConditionEquals(left=self.params["ReplayProduction"], right=True)],
+                             if_steps=[*production, *with_production], else_steps=candidate_only,
+                             description="Replay production too (the noise floor) when ReplayProduction is true")
+
+    def tail(self, suffix: str, replays: list) -> list:
+        """JoinCompare and Gate for one branch of the switch; step names carry the suffix."""
+        from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.mlops.workflow.condition_step import ConditionStep
+        from sagemaker.mlops.workflow.fail_step import FailStep
+        from sagemaker.mlops.workflow.steps import ProcessingStep
+
+        p = self.params
+        evaluation = self._property_file(f"Evaluation{suffix}", "report", "evaluation.json")
+        inputs = [self._input("config", p["ConfigS3Uri"]),
+                  self._input("prepare", Join(on="/", values=[self.run_uri, "prepare", ""])),
+                  self._input("run", Join(on="/", values=[self.run_uri, "run", ""])),
+                  self._input("replay/candidate", Join(on="/", values=[self.run_uri, "replay", "candidate", ""]))]
+        if suffix:
+            inputs.append(self._input("replay/production",
+                                      Join(on="/", values=[self.run_uri, "replay", "production", ""])))
+        join_args = self._processor().run(
+            inputs=inputs, outputs=[self._output("join", "join"), self._output("report", "report")],
+            arguments=["join-compare", "--run-id", self.run_id, "--ground-truth-s3-uri", p["GroundTruthS3Uri"],
+                       "--report-s3-uri", Join(on="/", values=[self.run_uri, "report", "report.html"]),
+                       "--tables-s3-uri", Join(on="/", values=[p["OutputS3Uri"], "tables"])],
+            kms_key=self.settings.kms_key_id)
+        join_compare = ProcessingStep(name=f"JoinCompare{suffix}", step_args=join_args, property_files=[evaluation],
+                                      depends_on=replays,
+                                      description="Join both answers, compare, write tables, report, evaluation.json")
+
+        def verdict_step(status: str) -> Any:
+            args = self._processor().run(
+                inputs=[self._input("config", p["ConfigS3Uri"]),
+                        self._input("run", Join(on="/", values=[self.run_uri, "run", ""])),
+                        self._input("report", Join(on="/", values=[self.run_uri, "report", ""]))],
+                arguments=["gate", "--run-id", self.run_id, "--verdict", status,
+                           "--report-s3-uri", Join(on="/", values=[self.run_uri, "report", "report.html"])],
+                kms_key=self.settings.kms_key_id)
+            name = "Approve" if status == "Approved" else "Reject"
+            return ProcessingStep(name=f"{name}{suffix}", step_args=args,
+                                  description=f"Set {status} in the Model Registry (compare-and-set)")
+
+        reject = verdict_step("Rejected")
+        failed = FailStep(name=f"Rejected{suffix}", depends_on=[reject],
+                          error_message=Join(on=" ", values=["shadow-eval rejected", p["CandidatePackageArn"],
+                                                             "- see", self.run_uri, "report/summary.md"]))
+        approved = JsonGet(step_name=join_compare.name, property_file=evaluation, json_path="approved")
+        gate = ConditionStep(name=f"Gate{suffix}", conditions=[ConditionGreaterThanOrEqualTo(left=approved, right=1)],
+                             if_steps=[verdict_step("Approved")], else_steps=[reject, failed],
+                             description="Approve when evaluation.json says approved, else reject and fail")
+        return [join_compare, gate]
+
+    def _processor(self) -> Any:
+        from sagemaker.core.network import NetworkConfig
+        from sagemaker.core.processing import Processor
+
+        s = self.settings
+        network = None
+        if s.subnets:
+            network = NetworkConfig(subnets=list(s.subnets), security_group_ids=list(s.security_group_ids))
+        # Processing is one instance: the stages are not sharded, two instances would do the work twice.
+        return Processor(role=s.role_arn, image_uri=s.image_uri, entrypoint=ENTRYPOINT, instance_count=1,
+                         instance_type=self.params["ProcessingInstanceType"], volume_kms_key=s.kms_key_id,
+                         output_kms_key=s.kms_key_id, network_config=network, sagemaker_session=self.session,
+                         env={"SHADOW_EVAL_VERSION": _version(), "AWS_DEFAULT_REGION": s.region})
+
+    def _input(self, name: str, uri: Any) -> Any:
+        from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
+
+        return ProcessingInput(input_name=name.replace("/", "-"), s3_input=ProcessingS3Input(
+            s3_uri=uri, local_path=f"{PROCESSING}/input/{name}", s3_data_type="S3Prefix", s3_input_mode="File"))
+
+    def _output(self, name: str, folder: str) -> Any:
+        from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+        from sagemaker.core.workflow.functions import Join
+
+        return ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
+            s3_uri=Join(on="/", values=[self.run_uri, folder]), local_path=f"{PROCESSING}/output/{folder}",
+            s3_upload_mode="EndOfJob"))
+
+    @staticmethod
+    def _property_file(name: str, output_name: str, path: str) -> Any:
+        from sagemaker.core.workflow.properties import PropertyFile
+
+        return PropertyFile(name=name, output_name=output_name, path=path)
+
+
+def group_knobs(group: str, config: Config) -> dict[str, Any]:
+    """CreateTransformJob knobs of a replay group, as prepare writes them into replay-plan.json."""
+    from steps.prepare import replay_groups as plan_groups
+
+    # prepare decides the knobs from what it counted; a tally of one record per group gives the same.
+    tally = _OneOfEach(group)
+    knobs = plan_groups(tally, config.replay.batch_strategy)[group]
+    return {k: v for k, v in knobs.items() if k not in ("files", "records")}
+
+
+class _OneOfEach:
+    """A stand-in for prepare's tally that claims one record of one group (binary as octet-stream)."""
+
+    def __init__(self, group: str):
+        import collections
+
+        self.group_records = collections.Counter({group: 1})
+        self.group_files = collections.Counter({group: 1})
+        self.binary_types = collections.Counter({"application/octet-stream": 1})
+        self.binary_accepts = collections.Counter()
+
+
+def _validate_sdk_config_once() -> None:
+    """Validate each distinct SDK defaults config once instead of on every lookup.
+
+    2026-11, sagemaker-core 2.27.0: every config lookup and every Session (one per step) re-checks
+    the whole defaults-config schema, 0.35 s each, 30 s per build. The check itself is kept.
+    """
+    from sagemaker.core.config import config as config_module
+    from sagemaker.core.config.config_manager import SageMakerConfig
+
+    if getattr(config_module.validate_sagemaker_config, "shadow_eval_once", False):
+        return
+    SageMakerConfig.validate_sagemaker_config = staticmethod(_once(SageMakerConfig.validate_sagemaker_config))
+    config_module.validate_sagemaker_config = _once(config_module.validate_sagemaker_config)
+
+
+def _once(validate: Any) -> Any:
+    validated: set[str] = set()
+
+    def validate_once(sagemaker_config: dict | None = None) -> None:
+        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
+        if key not in validated:
+            validate(sagemaker_config)
+            validated.add(key)
+
+    validate_once.shadow_eval_once = True  # type: ignore[attr-defined]
+    return validate_once
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z") if value else ""
+
+
+def _s3_or_empty(root: str | None) -> str:
+    return root if root and root.startswith("s3://") else ""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("shadow-eval")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,230 @@
+"""The table catalog: one interface, and a local implementation (Parquet on disk + a DuckDB file).
+
+Layout (docs/internals.md): `tables/<table>/run_id=<run_id>/part-0.parquet` for the partitioned
+tables and `tables/shadow_runs/part-<run_id>.parquet` for runs. As in Glue/Athena, the partition
+column lives in the folder name, not in the file. `<workspace>/shadow.duckdb` holds one view per
+table plus the analyst views in `sql/*.sql` (portable SQL shared with Athena), in the schema
+named after the Glue database and, for convenience, aliased in DuckDB's default schema `main`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""The same rule pipeline.py applies: safe in a path, a partition value and an SQL literal."""
+_DATABASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+SQL_DIR = Path(__file__).with_name("sql")
+
+_TS = pa.timestamp("us", tz="UTC")
+SCHEMAS: dict[str, pa.Schema] = {
+    "shadow_records": pa.schema([
+        ("record_id", pa.string()), ("event_id", pa.string()), ("record_index", pa.int32()),
+        ("inference_id", pa.string()), ("inference_time", _TS), ("custom_attributes", pa.string()),
+        ("endpoint", pa.string()), ("variant", pa.string()), ("capture_file", pa.string()),
+        ("capture_line", pa.int32()), ("input_text", pa.string()),
+        ("production_raw", pa.string()), ("candidate_raw", pa.string()), ("production_replay_raw", pa.string()),
+        ("production_score", pa.float64()), ("candidate_score", pa.float64()),
+        ("production_replay_score", pa.float64()),
+        ("production_label", pa.string()), ("candidate_label", pa.string()),
+        ("production_replay_label", pa.string()),
+        ("production_hash", pa.string()), ("candidate_hash", pa.string()),
+        ("exact_match", pa.bool_()), ("tolerant_match", pa.bool_()), ("label_match", pa.bool_()),
+        ("score_abs_diff", pa.float64()), ("noise_abs_diff", pa.float64()), ("ground_truth_label", pa.string()),
+    ]),
+    "shadow_quarantine": pa.schema([
+        ("record_id", pa.string()), ("event_id", pa.string()), ("capture_file", pa.string()),
+        ("capture_line", pa.int32()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ]),
+    "shadow_metrics": pa.schema([
+        ("metric", pa.string()), ("slice", pa.string()), ("value", pa.float64()), ("production", pa.float64()),
+        ("candidate", pa.float64()), ("delta", pa.float64()), ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()), ("support", pa.int64()), ("threshold", pa.float64()), ("passed", pa.bool_()),
+    ]),
+    "shadow_runs": pa.schema([
+        ("run_id", pa.string()), ("started_at", _TS), ("finished_at", _TS), ("endpoint", pa.string()),
+        ("variant", pa.string()), ("window_start", _TS), ("window_end", _TS),
+        ("production_model", pa.string()), ("candidate_model", pa.string()), ("candidate_package", pa.string()),
+        ("captured", pa.int64()), ("joined", pa.int64()), ("quarantined", pa.int64()),
+        ("coverage", pa.float64()), ("decision", pa.string()), ("report_uri", pa.string()),
+    ]),
+}
+"""Column order and types of each table, without the run_id partition column."""
+PARTITIONED = ("shadow_records", "shadow_quarantine", "shadow_metrics")
+VIEWS = ("shadow_latest_runs", "shadow_label_flips", "shadow_quarantine_by_reason", "shadow_metric_trend")
+
+Parts = pd.DataFrame | pa.Table | Sequence[str | Path]
+
+
+class CatalogError(ValueError):
+    """A bad table name, run id or frame shape; raised before anything is written."""
+
+
+class Catalog(Protocol):
+    """Where run tables go (Parquet + DuckDB here; S3 + Glue through awswrangler, queried by Athena, later)."""
+
+    def write_partition(self, table: str, run_id: str, data: Parts) -> None:
+        """Replace the run's partition of a table with these rows (idempotent per run id)."""
+        ...
+
+    def write_run(self, row: dict[str, Any]) -> None:
+        """Replace the shadow_runs row of row["run_id"]."""
+        ...
+
+    def refresh(self) -> None:
+        """Make the catalog see every partition and (re)create the analyst views."""
+        ...
+
+    def query(self, sql: str) -> pd.DataFrame: ...
+
+
+class LocalCatalog:
+    """Parquet under `<workspace>/tables` and a DuckDB file whose schema `database` has the views."""
+
+    def __init__(self, workspace: str | Path, database: str = "shadow_eval"):
+        if not _DATABASE.match(database):
+            # Glue database names are lower-case letters, digits and _; DuckDB takes the same.
+            raise CatalogError(f"{database!r} is not a database name (letters, digits and _)")
+        self.workspace = Path(workspace)
+        self.database = database
+        self.tables = self.workspace / "tables"
+        self.db_path = self.workspace / "shadow.duckdb"
+
+    def write_partition(self, table: str, run_id: str, data: Parts) -> None:
+        """Write `tables/<table>/run_id=<run_id>/part-0.parquet`, replacing it atomically."""
+        _check_run_id(run_id)
+        if table not in PARTITIONED:
+            raise CatalogError(f"{table!r} is not a partitioned table ({', '.join(PARTITIONED)})")
+        frame = _conform(_as_table(data, SCHEMAS[table]), SCHEMAS[table], table, run_id)
+        folder = self.tables / table / f"run_id={run_id}"
+        _atomic_parquet(frame, folder / "part-0.parquet")
+        for stale in folder.glob("*.parquet"):
+            if stale.name != "part-0.parquet":
+                stale.unlink()
+        log.info("wrote %s rows to %s run_id=%s", frame.num_rows, table, run_id)
+
+    def write_run(self, row: dict[str, Any]) -> None:
+        """Write `tables/shadow_runs/part-<run_id>.parquet` (one file per run, replaced atomically)."""
+        run_id = row.get("run_id")
+        _check_run_id(run_id)
+        schema = SCHEMAS["shadow_runs"]
+        unknown = sorted(set(row) - set(schema.names))
+        missing = sorted(set(schema.names) - set(row))
+        if unknown or missing:
+            raise CatalogError(f"shadow_runs row: unknown columns {unknown}, missing columns {missing}")
+        frame = _conform(pa.Table.from_pandas(pd.DataFrame([row]), preserve_index=False), schema, "shadow_runs", None)
+        _atomic_parquet(frame, self.tables / "shadow_runs" / f"part-{run_id}.parquet")
+
+    def refresh(self) -> None:
+        """(Re)create the table views over the Parquet and the analyst views from sql/*.sql."""
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(self.db_path)) as db:
+            db.execute(f"CREATE SCHEMA IF NOT EXISTS {self.database}")
+            for table in SCHEMAS:
+                db.execute(f"CREATE OR REPLACE VIEW {self.database}.{table} AS {self._source(table)}")
+            for script in sorted(SQL_DIR.glob("*.sql")):
+                db.execute(script.read_text(encoding="utf-8").format(database=self.database))
+            # Whoever opens the file without `USE <database>` still finds every name in main.
+            for name in (*SCHEMAS, *VIEWS):
+                db.execute(f"CREATE OR REPLACE VIEW main.{name} AS SELECT * FROM {self.database}.{name}")
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run one read-only query with the catalog's schema as the default."""
+        if not self.db_path.exists():
+            self.refresh()
+        with duckdb.connect(str(self.db_path), read_only=True) as db:
+            db.execute(f"USE {self.database}")
+            return db.sql(sql).to_arrow_table().to_pandas()
+
+    def _source(self, table: str) -> str:
+        """DuckDB-only: the SELECT behind a table view (on AWS the Glue table plays this part)."""
+        schema = SCHEMAS[table]
+        if table in PARTITIONED:
+            pattern = self.tables / table / "run_id=*" / "*.parquet"
+            has_files = any((self.tables / table).glob("run_id=*/*.parquet"))
+            columns = ["run_id", *schema.names]
+            options = "hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true"
+        else:
+            pattern = self.tables / table / "part-*.parquet"
+            has_files = any((self.tables / table).glob("part-*.parquet"))
+            columns = list(schema.names)
+            options = "union_by_name = true"
+        if not has_files:
+            # read_parquet fails on an empty glob; an empty, typed relation keeps the views valid.
+            typed = ["CAST(NULL AS VARCHAR) AS run_id"] if table in PARTITIONED else []
+            typed += [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in schema]
+            return f"SELECT {', '.join(typed)} WHERE false"
+        path = str(pattern.resolve()).replace("'", "''")
+        return f"SELECT {', '.join(columns)} FROM read_parquet('{path}', {options})"
+
+
+def _check_run_id(run_id: Any) -> None:
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise CatalogError(f"{run_id!r} is not a run id (letters, digits, _ and -, at most 64)")
+
+
+def _as_table(data: Parts, schema: pa.Schema) -> pa.Table:
+    if isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if isinstance(data, pa.Table):
+        return data
+    parts = [pq.read_table(Path(p)) for p in data]
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _conform(table: pa.Table, schema: pa.Schema, name: str, run_id: str | None) -> pa.Table:
+    """Exactly the declared columns, in order, cast to the declared types; run_id only from the folder."""
+    if run_id is not None and "run_id" in table.column_names:
+        values = set(table.column("run_id").to_pylist())
+        if values - {run_id}:
+            raise CatalogError(f"{name}: rows carry run_id {sorted(map(str, values - {run_id}))}, not {run_id!r}")
+        table = table.drop_columns(["run_id"])
+    unknown = sorted(set(table.column_names) - set(schema.names))
+    missing = sorted(set(schema.names) - set(table.column_names))
+    if unknown or missing:
+        raise CatalogError(f"{name}: unknown columns {unknown}, missing columns {missing} (see docs/internals.md)")
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        textual = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        if pa.types.is_timestamp(field.type) and (textual or pa.types.is_null(column.type)):
+            # Run rows carry ISO-8601 text; parse it rather than trusting an implicit cast.
+            times = pd.to_datetime(pd.Series(column.to_pylist(), dtype="object"), utc=True, format="ISO8601")
+            column = pa.array(times, type=field.type)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise CatalogError(f"{name}.{field.name}: cannot store {column.type} as {field.type}: {exc}") from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _atomic_parquet(table: pa.Table, target: Path) -> None:
+    """Write beside the target under a name no reader globs, then rename over it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _duck_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP WITH TIME ZONE"
+    return {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+            pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}[arrow_type]

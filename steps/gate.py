@@ -1,0 +1,83 @@
+"""Gate stage: decide, write report/evaluation.json, and record the verdict in the registry.
+
+The registry update is a compare-and-set from the status the package had when the run began: a
+package someone approved or rejected while the run was going is left alone, and evaluation.json
+says so. `approved` in evaluation.json is the gate's verdict either way (what a ConditionStep reads).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from analysis.gate import Decision, decide
+from analysis.report import build_report, summary_markdown
+from analysis.results import Accounting, Comparison
+from steps.backends.registry import METADATA_VALUE_LIMIT, Registry, RegistryError
+from steps.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, run_dir: str | Path, comparison: Comparison, accounting: Accounting, registry: Registry,
+        package_id: str | None, status_at_start: str | None, run_id: str) -> Decision:
+    """Decide, record the verdict in the registry (compare-and-set), write report/evaluation.json."""
+    run_dir = Path(run_dir)
+    decision = decide(comparison, accounting, config.gate)
+    log.info("run %s: gate says %s (%s)", run_id, decision.status, "; ".join(decision.reasons[:3]))
+    evaluation = decision.to_evaluation()
+    report_path = run_dir / "report" / "report.html"
+    try:
+        summary = summary_markdown(build_report({"run_id": run_id, "report_uri": str(report_path)}, accounting,
+                                                comparison, decision))
+        evaluation["registry"] = _record(registry, package_id, status_at_start, decision, summary, run_id,
+                                         _location(report_path, run_id))
+    except RegistryError as exc:
+        evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
+                                  "updated": False, "note": f"registry error: {exc}"}
+        write_evaluation(run_dir, evaluation)
+        raise
+    write_evaluation(run_dir, evaluation)
+    return decision
+
+
+def write_evaluation(run_dir: Path, evaluation: dict[str, Any]) -> Path:
+    """Write report/evaluation.json atomically (a ConditionStep must never read half a file)."""
+    target = run_dir / "report" / "evaluation.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(json.dumps(evaluation, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+def _record(registry: Registry, package_id: str | None, status_at_start: str | None, decision: Decision,
+            description: str, run_id: str, report_location: str) -> dict[str, Any]:
+    base = {"package_id": package_id, "status_at_start": status_at_start}
+    if package_id is None:
+        return {**base, "status_now": None, "updated": False, "note": "no candidate package; registry untouched"}
+    if status_at_start is None:
+        now = registry.describe(package_id).status
+        log.warning("run %s: status of %s at start unknown; left it %s", run_id, package_id, now)
+        return {**base, "status_now": now, "updated": False,
+                "note": "status at the start of the run is unknown; registry untouched"}
+    metadata = {"shadow_eval_run_id": run_id, "shadow_eval_decision": decision.status,
+                "shadow_eval_report": report_location}
+    if registry.set_status(package_id, status_at_start, decision.status, description, run_id, metadata):
+        log.info("run %s: %s %s -> %s", run_id, package_id, status_at_start, decision.status)
+        return {**base, "status_now": decision.status, "updated": True,
+                "note": f"set {decision.status} from {status_at_start}"}
+    now = registry.describe(package_id).status
+    log.warning("run %s: %s changed from %s to %s while the run went on; left it alone (gate said %s)",
+                run_id, package_id, status_at_start, now, decision.status)
+    return {**base, "status_now": now, "updated": False,
+            "note": f"status changed from {status_at_start} to {now} since the run began; left alone"}
+
+
+def _location(report_path: Path, run_id: str) -> str:
+    """The report's absolute path, or its workspace-relative one when that is too long for metadata."""
+    absolute = str(report_path.resolve())
+    return absolute if len(absolute) <= METADATA_VALUE_LIMIT else f"runs/{run_id}/report/report.html"

@@ -1,0 +1,185 @@
+import math
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, mean_absolute_error, \
+    root_mean_squared_error
+
+from analysis.compare import METRICS, SCORE_DELTA_STATS, compare, flip_matrix, score_delta
+from steps.config import CompareConfig
+
+CONFIG = CompareConfig()
+RNG = np.random.default_rng(7)
+
+
+def joined(production_label=None, candidate_label=None, production_score=None, candidate_score=None,
+           truth=None, production_hash=None, candidate_hash=None, tolerant=None, replay_raw=None,
+           production_raw=None, replay_score=None, n=None) -> pd.DataFrame:
+    """A shadow_records-shaped frame; unspecified columns are null (hashes default to equal)."""
+    columns = {"production_label": production_label, "candidate_label": candidate_label,
+               "production_score": production_score, "candidate_score": candidate_score,
+               "ground_truth_label": truth, "production_hash": production_hash, "candidate_hash": candidate_hash,
+               "tolerant_match": tolerant, "production_replay_raw": replay_raw, "production_raw": production_raw,
+               "production_replay_score": replay_score}
+    n = n or max(len(v) for v in columns.values() if v is not None)
+    frame = pd.DataFrame({name: pd.Series(values if values is not None else [None] * n, dtype=object)
+                          for name, values in columns.items()})
+    if production_hash is None:
+        frame["production_hash"] = frame["candidate_hash"] = ["h"] * n
+    for name in ("production_score", "candidate_score", "production_replay_score"):
+        frame[name] = pd.to_numeric(frame[name])
+    return frame
+
+
+production_labels = list(RNG.choice(["0", "1", "2"], 200))
+candidate_labels = [label if RNG.random() < 0.8 else str(RNG.integers(0, 3)) for label in production_labels]
+truth_labels = [label if RNG.random() < 0.7 else str(RNG.integers(0, 3)) for label in production_labels]
+production_scores = RNG.random(200)
+candidate_scores = np.clip(production_scores + RNG.normal(0, 0.05, 200), 0, 1)
+LABELLED = joined(production_label=production_labels, candidate_label=candidate_labels, truth=truth_labels,
+                  production_score=production_scores, candidate_score=candidate_scores)
+true_values = RNG.normal(10, 3, 50)
+REGRESSION = joined(production_score=true_values + RNG.normal(0, 1, 50),
+                    candidate_score=true_values + RNG.normal(0, 0.5, 50),
+                    truth=[f"{v:.6f}" for v in true_values])
+
+
+def value(comparison, name):
+    return comparison.metric(name).value
+
+
+# One case per declared metric: metric -> check(comparison of a frame built for it).
+CASES = {
+    "exact_match_rate": lambda: value(compare(joined(production_hash=["a", "b", "c", "d"],
+                                                     candidate_hash=["a", "b", "x", "d"]), CONFIG),
+                                      "exact_match_rate") == 0.75,
+    "tolerant_match_rate": lambda: value(compare(joined(tolerant=[True, False, None, True]), CONFIG),
+                                         "tolerant_match_rate") == 0.5,
+    "label_agreement": lambda: math.isclose(value(compare(LABELLED, CONFIG), "label_agreement"),
+                                            accuracy_score(production_labels, candidate_labels)),
+    "cohen_kappa": lambda: math.isclose(value(compare(LABELLED, CONFIG), "cohen_kappa"),
+                                        cohen_kappa_score(production_labels, candidate_labels)),
+    "label_flip_rate": lambda: math.isclose(value(compare(LABELLED, CONFIG), "label_flip_rate"),
+                                            1 - accuracy_score(production_labels, candidate_labels)),
+    "mean_abs_score_delta": lambda: math.isclose(value(compare(LABELLED, CONFIG), "mean_abs_score_delta"),
+                                                 mean_absolute_error(production_scores, candidate_scores)),
+    "max_abs_score_delta": lambda: math.isclose(value(compare(LABELLED, CONFIG), "max_abs_score_delta"),
+                                                np.abs(candidate_scores - production_scores).max()),
+    "mean_score": lambda: _per_model(compare(LABELLED, CONFIG).metric("mean_score"),
+                                     production_scores.mean(), candidate_scores.mean()),
+    "accuracy": lambda: _per_model(compare(LABELLED, CONFIG).metric("accuracy"),
+                                   accuracy_score(truth_labels, production_labels),
+                                   accuracy_score(truth_labels, candidate_labels)),
+    "mae": lambda: _per_model(compare(REGRESSION, CONFIG).metric("mae"),
+                              mean_absolute_error(true_values, REGRESSION["production_score"]),
+                              mean_absolute_error(true_values, REGRESSION["candidate_score"]), rel=1e-5),
+    "rmse": lambda: _per_model(compare(REGRESSION, CONFIG).metric("rmse"),
+                               root_mean_squared_error(true_values, REGRESSION["production_score"]),
+                               root_mean_squared_error(true_values, REGRESSION["candidate_score"]), rel=1e-5),
+    "replay_exact_match_rate": lambda: value(compare(joined(
+        production_raw=['{"score": 0.5}', "0.25", '{"score":0.5}', "x"],
+        replay_raw=['{"score":0.5000000001}', "0.25", '{"score":0.6}', None]), CONFIG),
+        "replay_exact_match_rate") == pytest.approx(2 / 3),
+    "replay_mean_abs_score_delta": lambda: value(compare(joined(
+        production_score=[0.5, 0.2, 0.9], replay_score=[0.5, 0.3, None], replay_raw=["a", "b", "c"]), CONFIG),
+        "replay_mean_abs_score_delta") == pytest.approx(0.05),
+}
+
+
+def _per_model(metric, production, candidate, rel=1e-9):
+    return (math.isclose(metric.production, production, rel_tol=rel)
+            and math.isclose(metric.candidate, candidate, rel_tol=rel)
+            and math.isclose(metric.delta, candidate - production, rel_tol=rel, abs_tol=1e-12)
+            and metric.value == metric.candidate)
+
+
+def test_every_declared_metric_has_a_case():
+    assert set(CASES) == set(METRICS)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_metric_case(name):
+    assert CASES[name]()
+
+
+def test_flip_matrix_counts_match_sklearn_confusion_matrix():
+    matrix = flip_matrix(LABELLED)
+    labels = ["0", "1", "2"]
+    expected = confusion_matrix(production_labels, candidate_labels, labels=labels)
+    for i, production in enumerate(labels):
+        for j, candidate in enumerate(labels):
+            assert matrix.get(production, {}).get(candidate, 0) == expected[i, j]
+
+
+def test_score_delta_matches_duckdb():
+    stats = score_delta(LABELLED)
+    frame = pd.DataFrame({"d": candidate_scores - production_scores})
+    db = duckdb.connect()
+    db.register("t", frame)
+    row = db.execute("""SELECT avg(d), stddev_samp(d), min(d), quantile_cont(d, 0.01),
+        quantile_cont(d, 0.05), quantile_cont(d, 0.5), quantile_cont(d, 0.95), quantile_cont(d, 0.99), max(d),
+        avg(abs(d)) FROM t""").fetchone()
+    assert list(stats) == list(SCORE_DELTA_STATS)
+    assert [stats[name] for name in SCORE_DELTA_STATS] == pytest.approx(list(row))
+
+
+def test_nothing_to_compare_gives_empty_values_not_errors():
+    result = compare(joined(n=3), CONFIG)
+    assert result.score_delta == {} and result.flip_matrix == {} and not result.has_ground_truth
+    assert value(result, "label_agreement") is None and value(result, "cohen_kappa") is None
+    assert result.metric("mean_score").delta is None
+    assert result.metric("accuracy") is None and result.metric("replay_exact_match_rate") is None
+
+
+def test_an_empty_frame_compares():
+    result = compare(joined(n=1).iloc[0:0], CONFIG)
+    assert value(result, "exact_match_rate") is None and result.metric("exact_match_rate").support == 0
+
+
+def test_kappa_is_undefined_when_both_models_give_one_label():
+    result = compare(joined(production_label=["1"] * 4, candidate_label=["1"] * 4), CONFIG)
+    assert value(result, "cohen_kappa") is None and value(result, "label_agreement") == 1.0
+
+
+def test_rows_without_labels_are_left_out_of_label_metrics():
+    result = compare(joined(production_label=["1", "0", None, "1"], candidate_label=["1", "1", "0", None]), CONFIG)
+    assert value(result, "label_agreement") == 0.5 and result.metric("label_agreement").support == 2
+
+
+@pytest.mark.parametrize("truth, labels, scores, task, expected", [
+    (["cat", "dog"], ["cat", "cat"], None, "auto", "accuracy"),
+    (["1", "0"], ["1", "1"], [0.9, 0.8], "auto", "accuracy"),
+    (["1.5", "2.25"], None, [1.0, 2.0], "auto", "mae"),
+    (["3", "7"], None, [3.5, 6.0], "auto", "mae"),  # integral truth but the models give no labels
+    (["1", "0"], ["1", "1"], [0.9, 0.8], "regression", "mae"),
+])
+def test_task_is_decided_by_data_or_asked(truth, labels, scores, task, expected):
+    frame = joined(truth=truth, production_label=labels, candidate_label=labels,
+                   production_score=scores, candidate_score=scores, n=2)
+    result = compare(frame, CONFIG, task=task)
+    assert result.has_ground_truth and result.metric(expected) is not None
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=1, max_size=30))
+def test_swapping_sides_transposes_flips_and_keeps_agreement(pairs):
+    production, candidate = [p for p, _ in pairs], [c for _, c in pairs]
+    forward = compare(joined(production_label=production, candidate_label=candidate), CONFIG)
+    backward = compare(joined(production_label=candidate, candidate_label=production), CONFIG)
+    transposed = {}
+    for p, row in forward.flip_matrix.items():
+        for c, count in row.items():
+            transposed.setdefault(c, {})[p] = count
+    assert backward.flip_matrix == transposed
+    assert value(forward, "label_agreement") == value(backward, "label_agreement")
+
+
+@settings(max_examples=50)
+@given(st.lists(st.sampled_from(["0", "1", "2"]), min_size=1, max_size=30))
+def test_a_model_compared_with_itself_agrees_fully(labels):
+    result = compare(joined(production_label=labels, candidate_label=labels), CONFIG)
+    assert value(result, "label_agreement") == 1.0 and value(result, "label_flip_rate") == 0.0
+    assert value(result, "exact_match_rate") == 1.0

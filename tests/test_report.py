@@ -1,0 +1,118 @@
+"""Report: golden report.json and summary.md, a self-contained HTML page, and a summary that always fits.
+
+Regenerate the golden files deliberately with SHADOW_EVAL_UPDATE_GOLDEN=1 and review the diff.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from analysis.gate import decide
+from analysis.report import SUMMARY_LIMIT, build_report, render_html, summary_markdown
+from analysis.results import Accounting, Comparison, MetricValue
+from steps import report as report_step
+from steps.config import GateCheck, GateConfig
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("SHADOW_EVAL_UPDATE_GOLDEN") == "1"
+
+RUN_INFO = {"run_id": "20250301T120000Z-abc123", "started_at": "2025-03-01T12:00:00Z",
+            "candidate_package": "fraud/7", "status_at_start": "PendingManualApproval",
+            "config": {"gate": {"min_coverage": 0.99}, "capture": {"endpoint": "fraud-prod"}},
+            "report_uri": "runs/20250301T120000Z-abc123/report/report.html"}
+ACCOUNTING = Accounting(captured=1200, joined=1188, quarantined=12,
+                        by_reason={"malformed_json": 2, "replay_file_failed": 10})
+COMPARISON = Comparison(
+    metrics=(
+        MetricValue("label_agreement", 0.9731, support=1188),
+        MetricValue("cohen_kappa", 0.9102, support=1188),
+        MetricValue("accuracy", 0.9411, production=0.9385, candidate=0.9411, delta=0.0026, ci_low=-0.004,
+                    ci_high=0.0093, support=1188),
+        MetricValue("psi", float("nan"), support=1188),
+        MetricValue("accuracy", 0.81, slice="hour=03", production=0.9, candidate=0.81, delta=-0.09, support=40),
+    ),
+    flip_matrix={"legit": {"legit": 1001, "fraud": 12}, "fraud": {"legit": 20, "fraud": 155}},
+    score_delta={"mean": 0.0012, "std": 0.021, "min": -0.31, "p01": -0.05, "p05": -0.02, "p50": 0.0008,
+                 "p95": 0.024, "p99": 0.06, "max": 0.27, "mean_abs": 0.011},
+    has_ground_truth=True,
+)
+GATE = GateConfig(min_records=500, min_coverage=0.99, checks=(
+    GateCheck("label_agreement", 0.98, name="agreement"),
+    GateCheck("accuracy", -0.01, relative_to_production=True),
+    GateCheck("psi", 0.2, "at_most", severity="warning"),
+))
+DECISION = decide(COMPARISON, ACCOUNTING, GATE)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"no golden file {path}; run with SHADOW_EVAL_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(encoding="utf-8")
+
+
+def test_report_json_matches_golden():
+    report = build_report(RUN_INFO, ACCOUNTING, COMPARISON, DECISION)
+    _golden("report.json", json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    assert list(report) == ["report_version", "run", "verdict", "accounting", "checks", "headline", "metrics",
+                            "flip_matrix", "score_delta", "has_ground_truth"]
+
+
+def test_summary_matches_golden():
+    _golden("summary.md", summary_markdown(build_report(RUN_INFO, ACCOUNTING, COMPARISON, DECISION)))
+
+
+def test_html_is_one_self_contained_escaped_page():
+    hostile = Comparison(COMPARISON.metrics, {"<script>alert(1)</script>": {"x": 3}}, COMPARISON.score_delta)
+    run_info = {**RUN_INFO, "candidate_package": 'fraud/7"><img src=x onerror=alert(1)>'}
+    page = render_html(build_report(run_info, ACCOUNTING, hostile, DECISION))
+    assert "<h1>Rejected</h1>" in page and 'class="banner bad"' in page
+    assert "<svg" in page and "<style>" in page
+    lower = page.lower()
+    assert not re.search(r"<(script|img|link|iframe|object|embed)\b", lower)
+    assert not re.search(r"<[^>]*\s(src|href|on\w+)\s*=", lower)  # no fetching attributes, no handlers
+    for forbidden in ("url(", "@import", "http://", "https://"):
+        assert forbidden not in lower, forbidden
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for section in ("Records", "Quarantine by reason", "Checks", "Metrics", "Label flips", "Score delta"):
+        assert re.search(rf"<h[23]>{section}", page), section
+    assert "1200 captured = 1188 joined + 12 quarantined" in page
+
+
+def test_html_says_approved_when_approved():
+    decision = decide(COMPARISON, ACCOUNTING, GateConfig(min_records=1, min_coverage=0.9))
+    page = render_html(build_report(RUN_INFO, ACCOUNTING, COMPARISON, decision))
+    assert "<h1>Approved</h1>" in page and 'class="banner ok"' in page
+
+
+@pytest.mark.parametrize("failures, name_length", [(0, 10), (5, 10), (60, 40), (400, 500)])
+def test_summary_always_fits_the_registry_limit(failures, name_length):
+    metrics = tuple(MetricValue("m" * name_length + str(i), 0.1, support=1) for i in range(failures))
+    checks = tuple(GateCheck(m.name, 0.5, name=f"check-{i}-" + "x" * name_length) for i, m in enumerate(metrics))
+    comparison = Comparison(metrics, {}, {})
+    decision = decide(comparison, ACCOUNTING, GateConfig(min_records=1, min_coverage=0.99, checks=checks))
+    summary = summary_markdown(build_report({**RUN_INFO, "run_id": "r" * 300}, ACCOUNTING, comparison, decision))
+    assert len(summary) <= SUMMARY_LIMIT
+    first = summary.splitlines()[0]
+    assert first.startswith(f"**{decision.status}**")
+    if failures:
+        assert "- check-0-" in summary  # the first reason survives
+        if len("".join(decision.reasons)) > SUMMARY_LIMIT:
+            assert re.search(r"… \d+ more lines? in report\.json\n$", summary)
+
+
+def test_report_stage_writes_three_files(tmp_path):
+    paths = report_step.run(tmp_path / "runs" / "r1", RUN_INFO, ACCOUNTING, COMPARISON, DECISION)
+    assert sorted(paths) == ["report.html", "report.json", "summary.md"]
+    assert all(p.parent == tmp_path / "runs" / "r1" / "report" for p in paths.values())
+    report = json.loads(paths["report.json"].read_text())
+    assert report["verdict"]["status"] == "Rejected"
+    assert report["run"]["report_uri"] == str(paths["report.html"])
+    assert paths["summary.md"].read_text().startswith("**Rejected**")
+    assert sorted(p.name for p in paths["report.json"].parent.iterdir()) == sorted(paths)

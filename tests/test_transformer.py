@@ -1,0 +1,328 @@
+"""The local transformer against an in-test container that injects faults on request."""
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from steps.transformer import (
+    FAILURE_REASONS, TransformJob, TransformJobError, TransformResult, resolve_execution_parameters, transform,
+)
+
+
+class FakeContainer(ThreadingHTTPServer):
+    """Answers each line of a request with its length; tokens in a line inject faults.
+
+    fail: 500 every time · flaky: 500 on the first attempt · slow: 1.5 s on the first attempt ·
+    stall: 1.5 s every time · drop: closes the connection · short: one answer line too few ·
+    delay: 0.1 s (to make later requests finish first).
+    """
+
+    daemon_threads = True
+
+    def reset(self, execution_parameters: dict | None = None, pings_before_healthy: int = 0) -> None:
+        self.execution_parameters = execution_parameters
+        self.pings_before_healthy = pings_before_healthy
+        self.requests: list[tuple[dict, bytes]] = []
+        self.attempts: collections.Counter[bytes] = collections.Counter()
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeContainer
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/ping":
+            with self.server.lock:
+                self.server.pings_before_healthy -= 1
+                healthy = self.server.pings_before_healthy < 0
+            self._reply(200 if healthy else 503, b"")
+        elif self.path == "/execution-parameters" and self.server.execution_parameters is not None:
+            self._reply(200, json.dumps(self.server.execution_parameters).encode())
+        else:
+            self._reply(404, b"")
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        server = self.server
+        with server.lock:
+            server.requests.append((dict(self.headers), body))
+            server.attempts[body] += 1
+            first_attempt = server.attempts[body] == 1
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            if b"delay" in body:
+                time.sleep(0.1)
+            if b"stall" in body or (b"slow" in body and first_attempt):
+                time.sleep(1.5)
+            if b"drop" in body:
+                self.close_connection = True
+                return
+            if b"fail" in body or (b"flaky" in body and first_attempt):
+                self._reply(500, b"model exploded")
+                return
+            lines = body.decode().splitlines()
+            if b"short" in body:
+                lines = lines[:-1]
+            if "json" in (self.headers.get("Accept") or ""):
+                answer = "".join(json.dumps({"n": len(line)}) + "\n" for line in lines)
+            else:
+                answer = "".join(f"{len(line)}\n" for line in lines)
+            self._reply(200, answer.encode())
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    container = FakeContainer(("127.0.0.1", 0), FakeHandler)
+    thread = threading.Thread(target=container.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield container
+    container.shutdown()
+    container.server_close()
+
+
+@pytest.fixture
+def container(server):
+    server.reset()
+    return server
+
+
+CSV_LINE = dict(content_type="text/csv", accept="text/csv", split_type="Line", assemble_with="Line")
+
+
+def job(**knobs) -> TransformJob:
+    return TransformJob(**{**CSV_LINE, "invocation_max_retries": 0, **knobs})
+
+
+def write_inputs(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def lengths(text: str) -> str:
+    return "".join(f"{len(line)}\n" for line in text.splitlines())
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    (tmp_path / "in").mkdir()
+    return tmp_path / "in", tmp_path / "out"
+
+
+def test_every_file_gives_its_out_in_record_order(container, dirs):
+    inputs, outputs = dirs
+    files = {"b.csv": "delay,1\nx\nyy\n", "a/x.csv": "delay\n" + "".join("r" * i + "\n" for i in range(1, 9)),
+             "a/deep/z.csv": "12345\n"}
+    write_inputs(inputs, files)
+    result = transform(inputs, outputs, container.url, job(batch_strategy="SingleRecord", max_concurrent_transforms=4))
+    assert result.files_ok == ("a/deep/z.csv", "a/x.csv", "b.csv") and result.files_failed == ()
+    for name, text in files.items():
+        assert (outputs / f"{name}.out").read_text() == lengths(text)
+    assert sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")
+                  if p.is_file()) == ["a/deep/z.csv.out", "a/x.csv.out", "b.csv.out"]
+
+
+@pytest.mark.parametrize("strategy, requests", [("MultiRecord", 1), ("SingleRecord", 10)])
+def test_multirecord_sends_one_request_singlerecord_one_per_record(container, dirs, strategy, requests):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": "".join(f"{i},{i}\n" for i in range(10))})
+    result = transform(inputs, outputs, container.url, job(batch_strategy=strategy))
+    assert len(container.requests) == result.invocations == requests
+    headers = container.requests[0][0]
+    assert (headers["Content-Type"], headers["Accept"]) == ("text/csv", "text/csv")
+    assert (outputs / "f.csv.out").read_text() == "3\n" * 10
+
+
+def test_split_none_sends_the_whole_file_and_assemble_none_concatenates(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"one.csv": "a\nbb\n", "two.csv": "ccc"})
+    transform(inputs, outputs, container.url, job(split_type="None", assemble_with="None"))
+    assert [body for _, body in container.requests] == [b"a\nbb\n", b"ccc"]
+    assert (outputs / "one.csv.out").read_text() == "1\n2\n"
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_requests_in_flight_never_exceed_max_concurrent_transforms(container, dirs, concurrency):
+    inputs, outputs = dirs
+    write_inputs(inputs, {f"f{i}.csv": "delay\ndelay\n" for i in range(3)})
+    transform(inputs, outputs, container.url, job(batch_strategy="SingleRecord", max_concurrent_transforms=concurrency))
+    assert container.max_in_flight == concurrency
+
+
+def test_a_500_then_success_within_the_retries_is_ok(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": "ok\nflaky\nok2\n"})
+    result = transform(inputs, outputs, container.url, job(batch_strategy="SingleRecord", invocation_max_retries=1))
+    assert (result.files_ok, result.retries, result.invocations) == (("f.csv",), 1, 4)
+    assert (outputs / "f.csv.out").read_text() == "2\n5\n3\n"
+
+
+@pytest.mark.parametrize("line, retries, reason, attempts", [
+    ("fail", 2, "http_500", 3),
+    ("flaky", 0, "http_500", 1),
+    ("drop", 1, "connection_error", 2),
+    ("short,1", 0, "output_count_mismatch", 1),
+])
+def test_a_file_whose_record_finally_fails_gets_no_out_and_is_reported(container, dirs, line, retries, reason,
+                                                                       attempts):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"bad.csv": f"ok\n{line}\n", "good.csv": "fine\n"})
+    (outputs / "bad.csv.out").parent.mkdir(parents=True)
+    (outputs / "bad.csv.out").write_text("stale answer from an earlier run\n")
+    knobs = job(invocation_max_retries=retries, data_processing={"JoinSource": "Input"})
+    result = transform(inputs, outputs, container.url, knobs, resume=False)
+    assert result.files_ok == ("good.csv",)
+    [failure] = result.files_failed
+    assert (failure.file, failure.reason) == ("bad.csv", reason) and "records 1-2" in failure.detail
+    assert not (outputs / "bad.csv.out").exists()
+    assert (outputs / "good.csv.out").read_text() == "fine,4\n"
+    assert sum(1 for _, body in container.requests if line.encode() in body) == attempts
+    assert reason in FAILURE_REASONS or reason.startswith("http_")
+    assert list(outputs.glob(".*partial")) == []
+
+
+@pytest.mark.parametrize("line, retries, ok", [("slow", 1, True), ("stall", 0, False)])
+def test_invocation_timeout(container, dirs, line, retries, ok):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": f"{line}\n"})
+    result = transform(inputs, outputs, container.url, job(invocation_timeout_s=0.5, invocation_max_retries=retries))
+    assert (outputs / "f.csv.out").exists() is ok
+    if not ok:
+        assert result.files_failed[0].reason == "timeout"
+
+
+@pytest.mark.parametrize("requested, advertised, used", [
+    ({}, None, {"MaxConcurrentTransforms": 1, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6}),
+    ({}, {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 2},
+     {"MaxConcurrentTransforms": 3, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 2}),
+    ({"max_concurrent_transforms": 2, "batch_strategy": "MultiRecord", "max_payload_mb": 0},
+     {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 2},
+     {"MaxConcurrentTransforms": 2, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 0}),
+    ({}, {"MaxConcurrentTransforms": 0, "BatchStrategy": "SOMETIMES"},
+     {"MaxConcurrentTransforms": 1, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6}),
+])
+def test_execution_parameters_precedence_request_then_container_then_default(container, dirs, requested,
+                                                                             advertised, used):
+    inputs, outputs = dirs
+    container.reset(execution_parameters=advertised)
+    write_inputs(inputs, {"f.csv": "delay\n" * 6})
+    result = transform(inputs, outputs, container.url, job(**requested))
+    assert result.execution_parameters == used
+    assert len(container.requests) == (6 if used["BatchStrategy"] == "SingleRecord" else 1)
+    assert container.max_in_flight == min(used["MaxConcurrentTransforms"], len(container.requests))
+
+
+def test_resume_skips_files_that_already_have_an_out(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"done.csv": "a\n", "todo.csv": "bb\n"})
+    (outputs).mkdir()
+    (outputs / "done.csv.out").write_text("kept\n")
+    result = transform(inputs, outputs, container.url, job())
+    assert result.files_ok == ("done.csv", "todo.csv") and result.invocations == 1
+    assert [body for _, body in container.requests] == [b"bb\n"]
+    assert (outputs / "done.csv.out").read_text() == "kept\n"
+    again = transform(inputs, outputs, container.url, job(), resume=False)
+    assert again.invocations == 2 and (outputs / "done.csv.out").read_text() == "1\n"
+
+
+def test_the_replay_plan_csv_group_keeps_the_record_id_out_of_the_request(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": "ev1:0,1.5,2\nev1:1,3,4.25\n"})
+    knobs = job(batch_strategy="MultiRecord",
+                data_processing={"InputFilter": "$[1:]", "JoinSource": "Input", "OutputFilter": "$"})
+    transform(inputs, outputs, container.url, knobs)
+    assert [body for _, body in container.requests] == [b"1.5,2\n3,4.25\n"]
+    assert (outputs / "f.csv.out").read_text() == "ev1:0,1.5,2,5\nev1:1,3,4.25,6\n"
+
+
+def test_json_documents_are_joined_under_sagemaker_output(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.json": '{"instances":[[1,2]]}\n[3]\n'})
+    knobs = job(content_type="application/json", accept="application/json", batch_strategy="SingleRecord",
+                data_processing={"InputFilter": "$", "JoinSource": "Input", "OutputFilter": "$"})
+    transform(inputs, outputs, container.url, knobs)
+    assert (outputs / "f.json.out").read_text() == ('{"SageMakerOutput":{"n":21},"instances":[[1,2]]}\n'
+                                                   '{"SageMakerInput":[3],"SageMakerOutput":{"n":3}}\n')
+
+
+def test_work_waits_for_ping(container, dirs):
+    inputs, outputs = dirs
+    container.reset(pings_before_healthy=3)
+    write_inputs(inputs, {"f.csv": "a\n"})
+    assert transform(inputs, outputs, container.url, job()).files_ok == ("f.csv",)
+    container.reset(pings_before_healthy=10_000)
+    with pytest.raises(TransformJobError, match="did not answer 200 within 0.3 s"):
+        transform(inputs, outputs, container.url, job(), resume=False, ping_timeout_s=0.3)
+    assert container.requests == []
+
+
+def test_the_result_serialises_to_the_documented_shape(container, dirs):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"x.csv": "fail\n", "a.csv": "ok\n"})
+    result = transform(inputs, outputs, container.url, job())
+    data = json.loads(json.dumps(result.to_json()))
+    assert list(data) == ["side", "files_ok", "files_failed", "invocations", "retries", "seconds",
+                          "execution_parameters"]
+    assert data["files_ok"] == ["a.csv"]
+    assert data["files_failed"] == [{"file": "x.csv", "reason": "http_500",
+                                     "detail": "records 1-1: HTTP 500: model exploded"}]
+    assert TransformResult.from_json(data).to_json() == data
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"invocation_max_retries": 4}, "InvocationsMaxRetries"),
+    ({"invocation_timeout_s": 0}, "InvocationsTimeoutInSeconds"),
+    ({"max_concurrent_transforms": 20, "max_payload_mb": 6}, "<= 100"),
+    ({"environment": {f"K{i}": "v" for i in range(17)}}, "at most 16"),
+    ({"accept": "application/json", "data_processing": {"JoinSource": "Input"}}, "ContentType == Accept"),
+    ({"split_type": "TFRecord"}, "TFRecord"),
+    ({"data_processing": {"InputFilter": "$..x"}}, "deep scan"),
+])
+def test_knobs_createtransformjob_rejects(knobs, message):
+    with pytest.raises(TransformJobError, match=message):
+        job(**knobs)
+
+
+def test_output_inside_input_is_refused(container, dirs):
+    inputs, _ = dirs
+    with pytest.raises(TransformJobError, match="inside the input folder"):
+        transform(inputs, inputs / "out", container.url, job())
+
+
+def test_container_environment_carries_only_the_knobs_that_were_set():
+    assert job(environment={"A": "1"}).container_environment() == {"SAGEMAKER_BATCH": "true", "A": "1"}
+    knobs = job(batch_strategy="SingleRecord", max_payload_mb=2, max_concurrent_transforms=4)
+    assert knobs.container_environment() == {
+        "SAGEMAKER_BATCH": "true", "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4"}
+
+
+def test_precedence_ignores_container_values_of_the_wrong_type():
+    used = resolve_execution_parameters(job(), {"MaxConcurrentTransforms": "8", "MaxPayloadInMB": True})
+    assert (used.max_concurrent_transforms, used.max_payload_mb) == (1, 6)
