@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.8
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test aws bench lock clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +17,29 @@ $(VENV)/.local: requirements/local.lock setup.cfg pyproject.toml | $(UV)
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: requirements/dev.lock setup.cfg pyproject.toml | $(UV)
-	$(UV) pip install -q --python $(BIN)/python -r requirements/dev.lock
+# Tests and the cloud path (sagemaker v3, boto3, awswrangler, moto): what CI installs.
+$(VENV)/.full: requirements/ci.lock setup.cfg pyproject.toml | $(UV)
+	$(UV) pip install -q --compile-bytecode --python $(BIN)/python -r requirements/ci.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@ $(VENV)/.local
 
 demo: $(VENV)/.local
 	$(BIN)/shadow-eval demo $(ARGS)
 
-test: $(VENV)/.dev
+test: $(VENV)/.full
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(ARGS)
 
+# `shadow-eval pipeline ...` needs the AWS extras.
+aws: $(VENV)/.full
+
 bench: $(VENV)/.local
 	$(BIN)/python -m bench $(ARGS)
+
+# Re-resolve the pins: ci.lock first, then the embedded default constrained to the same versions.
+lock: | $(UV)
+	cd requirements && ../$(UV) pip compile -q --python-version 3.11 ci.in -o ci.lock
+	cd requirements && ../$(UV) pip compile -q --python-version 3.11 local.in -c ci.lock -o local.lock
 
 clean:
 	rm -rf $(VENV) .shadow-eval .pytest_cache

@@ -22,13 +22,16 @@ import datetime as dt
 import json
 import logging
 import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from steps import capture_stats, compare, gate, join, prepare, replay, report
+from steps.aws_cli import add_pipeline_commands
 from steps.backends.catalog import LocalCatalog
+from steps.publish import publish_run
 from steps.backends.registry import LocalRegistry
 from steps.config import Config, ConfigError, load_config, parse_utc, to_mapping
 
@@ -36,6 +39,7 @@ log = logging.getLogger("shadow_eval")
 
 EXIT_APPROVED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 SIDES = ("candidate", "production")
+_AWS_PACKAGES = {"sagemaker", "boto3", "botocore", "awswrangler"}
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -97,8 +101,8 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
                         run_info["candidate_package"], run_info["status_at_start"], run_id)
     paths = report.run(run_dir, run_info, accounting, comparison, decision)
 
-    catalog = LocalCatalog(workspace, config.tables.database)
-    _publish_tables(catalog, run_dir, run_id, run_info, accounting, comparison, decision, paths["report.html"])
+    publish_run(LocalCatalog(workspace, config.tables.database), run_dir, run_info, accounting, comparison,
+                decision, str(paths["report.html"]))
     return RunOutcome(run_id, run_dir, decision.status, accounting, _headline(comparison),
                       paths["report.html"], workspace / "shadow.duckdb")
 
@@ -142,33 +146,6 @@ def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: st
     (run_dir / "replay" / f"{side}.json").write_text(json.dumps(results, indent=2, sort_keys=True))
 
 
-def _publish_tables(catalog, run_dir, run_id, run_info, accounting, comparison, decision, report_path) -> None:
-    catalog.write_partition("shadow_records", run_id, sorted((run_dir / "join" / "records").glob("*.parquet")))
-    quarantine_parts = sorted((run_dir / "join" / "quarantine").glob("*.parquet"))
-    catalog.write_partition("shadow_quarantine", run_id, quarantine_parts)
-    catalog.write_partition("shadow_metrics", run_id, compare.metrics_frame(comparison, decision, run_id))
-    capture = run_info["config"]["capture"]
-    catalog.write_run({
-        "run_id": run_id,
-        "started_at": run_info["started_at"],
-        "finished_at": _utc_now(),
-        "endpoint": capture.get("endpoint"),
-        "variant": capture.get("variant"),
-        "window_start": capture.get("window_start"),
-        "window_end": capture.get("window_end"),
-        "production_model": run_info["config"]["production"]["model"],
-        "candidate_model": run_info["config"]["candidate"]["model"],
-        "candidate_package": run_info["candidate_package"],
-        "captured": accounting.captured,
-        "joined": accounting.joined,
-        "quarantined": accounting.quarantined,
-        "coverage": accounting.coverage,
-        "decision": decision.status,
-        "report_uri": str(report_path),
-    })
-    catalog.refresh()
-
-
 def _headline(comparison) -> dict[str, float | None]:
     names = ("exact_match_rate", "tolerant_match_rate", "label_agreement", "cohen_kappa", "accuracy")
     return {name: (m.value if (m := comparison.metric(name)) else None) for name in names}
@@ -192,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except (FileNotFoundError, ValueError) as exc:
         print(f"shadow-eval: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _AWS_PACKAGES:
+            raise
+        print(f"shadow-eval: this command needs the AWS extras ({exc.name} is not installed): run `make aws`",
+              file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -228,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--window-end")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(command=_cmd_capture_stats)
+
+    add_pipeline_commands(commands)  # the SageMaker side; its AWS imports happen only when it runs
     return parser
 
 
@@ -248,7 +233,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from steps import demo  # trains models; imported only when asked for
 
-    world = demo.build_world(Path(args.workspace), requests=args.requests, seed=args.seed)
+    workspace = Path(args.workspace)
+    if (workspace / "demo.yaml").exists():
+        log.info("replacing the previous demo world in %s", workspace)
+        shutil.rmtree(workspace)
+    world = demo.build_world(workspace, requests=args.requests, seed=args.seed)
     config = load_config(world.config_path)
     outcome = run_local(config, candidate_package=world.package_id)
     return _finish(outcome, args.json)

@@ -266,7 +266,8 @@ def _payloads(record: dict, capture: object) -> tuple[Payload | None, Payload | 
     version = record.get("eventVersion")
     if version != EVENT_VERSION:
         raise CaptureLineError("unknown_event_version", f"eventVersion is {version!r}")
-    return _payload(capture.get("endpointInput"), "endpointInput"), _payload(capture.get("endpointOutput"), "endpointOutput")
+    return (_payload(capture.get("endpointInput"), "endpointInput"),
+            _payload(capture.get("endpointOutput"), "endpointOutput"))
 
 
 def _payload(value: object, key: str) -> Payload | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from steps.aws_settings import AwsSettings, replay_groups
@@ -29,6 +31,7 @@ _GROUP_STEP = {"csv": "csv", "jsonlines": "jsonlines", "json": "json", "binary":
 
 def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> Any:
     """The shadow-eval Pipeline for this config; every parameter has a default."""
+    sdk_environment(settings)
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.functions import Join
     from sagemaker.core.workflow.parameters import ParameterBoolean, ParameterString
@@ -53,9 +56,7 @@ def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> 
                                                  default_value=settings.transform_instance_type),
         "ReplayProduction": ParameterBoolean("ReplayProduction", default_value=config.replay.noise_floor),
     }
-    run_id = ExecutionVariables.PIPELINE_EXECUTION_ID
-    run_uri = Join(on="/", values=[params["OutputS3Uri"], "runs", run_id])
-    builder = _Builder(config, settings, session, params, run_id, run_uri)
+    builder = _Builder(config, settings, session, params, ExecutionVariables.PIPELINE_EXECUTION_ID)
     prepare = builder.prepare()
     candidate = [builder.replay(prepare, "candidate", group) for group in replay_groups(settings, config)]
     production = [builder.replay(prepare, "production", group) for group in replay_groups(settings, config)]
@@ -63,6 +64,16 @@ def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> 
                             builder.tail("", candidate))
     return Pipeline(name=settings.pipeline_name, parameters=list(params.values()),
                     steps=[prepare, *candidate, switch], sagemaker_session=session)
+
+
+def sdk_environment(settings: AwsSettings) -> None:
+    """Defaults the SDK must see before its first import; values already in the environment win.
+
+    2026-11, sagemaker 3.27: importing sagemaker.mlops creates a boto3 client (so needs a region),
+    and the SDK's telemetry threads resolve AWS hosts unless its config file opts out.
+    """
+    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
+    os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).with_name("sagemaker-sdk-defaults.yaml")))
 
 
 def pipeline_session(settings: AwsSettings) -> Any:
@@ -82,14 +93,20 @@ def config_uri(settings: AwsSettings) -> str:
 class _Builder:
     """Builds each step from the shared parameters; one instance per get_pipeline call."""
 
-    def __init__(self, config: Config, settings: AwsSettings, session: Any, params: dict, run_id: Any, run_uri: Any):
+    def __init__(self, config: Config, settings: AwsSettings, session: Any, params: dict, run_id: Any):
         self.config, self.settings, self.session = config, settings, session
-        self.params, self.run_id, self.run_uri = params, run_id, run_uri
+        self.params, self.run_id = params, run_id
         from sagemaker.core.workflow.functions import Join
 
         self.candidate_model = Join(on="-", values=["shadow-eval", run_id, "candidate"])
         """Model name Prepare creates; a pipeline expression, so definition() never calls DescribeModel."""
         self.models_file = self._property_file("PreparedModels", "run", "models.json")
+
+    def run_uri(self, *parts: str) -> Any:
+        """`<OutputS3Uri>/runs/<execution id>/<parts>`, as one flat Join."""
+        from sagemaker.core.workflow.functions import Join
+
+        return Join(on="/", values=[self.params["OutputS3Uri"], "runs", self.run_id, *parts])
 
     def prepare(self) -> Any:
         from sagemaker.mlops.workflow.steps import ProcessingStep
@@ -124,7 +141,7 @@ class _Builder:
             model_name=model_name, instance_count=self.settings.transform_instance_count,
             instance_type=self.params["TransformInstanceType"], strategy=knobs["batch_strategy"],
             assemble_with=knobs["assemble_with"], accept=knobs["accept"],
-            output_path=Join(on="/", values=[self.run_uri, "replay", side, group, ""]),
+            output_path=self.run_uri("replay", side, group, ""),
             max_payload=replay.max_payload_mb, max_concurrent_transforms=replay.max_concurrent_transforms,
             output_kms_key=self.settings.kms_key_id, volume_kms_key=self.settings.kms_key_id,
             sagemaker_session=self.session)
@@ -161,16 +178,16 @@ class _Builder:
         p = self.params
         evaluation = self._property_file(f"Evaluation{suffix}", "report", "evaluation.json")
         inputs = [self._input("config", p["ConfigS3Uri"]),
-                  self._input("prepare", Join(on="/", values=[self.run_uri, "prepare", ""])),
-                  self._input("run", Join(on="/", values=[self.run_uri, "run", ""])),
-                  self._input("replay/candidate", Join(on="/", values=[self.run_uri, "replay", "candidate", ""]))]
+                  self._input("prepare", self.run_uri("prepare", "")),
+                  self._input("run", self.run_uri("run", "")),
+                  self._input("replay/candidate", self.run_uri("replay", "candidate", ""))]
         if suffix:
             inputs.append(self._input("replay/production",
-                                      Join(on="/", values=[self.run_uri, "replay", "production", ""])))
+                                      self.run_uri("replay", "production", "")))
         join_args = self._processor().run(
             inputs=inputs, outputs=[self._output("join", "join"), self._output("report", "report")],
             arguments=["join-compare", "--run-id", self.run_id, "--ground-truth-s3-uri", p["GroundTruthS3Uri"],
-                       "--report-s3-uri", Join(on="/", values=[self.run_uri, "report", "report.html"]),
+                       "--report-s3-uri", self.run_uri("report", "report.html"),
                        "--tables-s3-uri", Join(on="/", values=[p["OutputS3Uri"], "tables"])],
             kms_key=self.settings.kms_key_id)
         join_compare = ProcessingStep(name=f"JoinCompare{suffix}", step_args=join_args, property_files=[evaluation],
@@ -180,10 +197,10 @@ class _Builder:
         def verdict_step(status: str) -> Any:
             args = self._processor().run(
                 inputs=[self._input("config", p["ConfigS3Uri"]),
-                        self._input("run", Join(on="/", values=[self.run_uri, "run", ""])),
-                        self._input("report", Join(on="/", values=[self.run_uri, "report", ""]))],
+                        self._input("run", self.run_uri("run", "")),
+                        self._input("report", self.run_uri("report", ""))],
                 arguments=["gate", "--run-id", self.run_id, "--verdict", status,
-                           "--report-s3-uri", Join(on="/", values=[self.run_uri, "report", "report.html"])],
+                           "--report-s3-uri", self.run_uri("report", "report.html")],
                 kms_key=self.settings.kms_key_id)
             name = "Approve" if status == "Approved" else "Reject"
             return ProcessingStep(name=f"{name}{suffix}", step_args=args,
@@ -191,8 +208,9 @@ class _Builder:
 
         reject = verdict_step("Rejected")
         failed = FailStep(name=f"Rejected{suffix}", depends_on=[reject],
-                          error_message=Join(on=" ", values=["shadow-eval rejected", p["CandidatePackageArn"],
-                                                             "- see", self.run_uri, "report/summary.md"]))
+                          error_message=Join(on=" ", values=[
+                              "shadow-eval rejected", p["CandidatePackageArn"], "- see report/summary.md below",
+                              p["OutputS3Uri"], "runs", self.run_id]))
         approved = JsonGet(step_name=join_compare.name, property_file=evaluation, json_path="approved")
         gate = ConditionStep(name=f"Gate{suffix}", conditions=[ConditionGreaterThanOrEqualTo(left=approved, right=1)],
                              if_steps=[verdict_step("Approved")], else_steps=[reject, failed],
@@ -224,7 +242,7 @@ class _Builder:
         from sagemaker.core.workflow.functions import Join
 
         return ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
-            s3_uri=Join(on="/", values=[self.run_uri, folder]), local_path=f"{PROCESSING}/output/{folder}",
+            s3_uri=self.run_uri(folder), local_path=f"{PROCESSING}/output/{folder}",
             s3_upload_mode="EndOfJob"))
 
     @staticmethod
@@ -235,25 +253,10 @@ class _Builder:
 
 
 def group_knobs(group: str, config: Config) -> dict[str, Any]:
-    """CreateTransformJob knobs of a replay group, as prepare writes them into replay-plan.json."""
-    from steps.prepare import replay_groups as plan_groups
+    """CreateTransformJob knobs of a replay group, exactly as prepare writes them into replay-plan.json."""
+    from steps import prepare
 
-    # prepare decides the knobs from what it counted; a tally of one record per group gives the same.
-    tally = _OneOfEach(group)
-    knobs = plan_groups(tally, config.replay.batch_strategy)[group]
-    return {k: v for k, v in knobs.items() if k not in ("files", "records")}
-
-
-class _OneOfEach:
-    """A stand-in for prepare's tally that claims one record of one group (binary as octet-stream)."""
-
-    def __init__(self, group: str):
-        import collections
-
-        self.group_records = collections.Counter({group: 1})
-        self.group_files = collections.Counter({group: 1})
-        self.binary_types = collections.Counter({"application/octet-stream": 1})
-        self.binary_accepts = collections.Counter()
+    return prepare.group_knobs(group, config.replay.batch_strategy)
 
 
 def _validate_sdk_config_once() -> None:

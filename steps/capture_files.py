@@ -73,7 +73,8 @@ class Window:
     def holds(self, inference_time: dt.datetime | None, folder_hour: dt.datetime) -> bool:
         """Whether a record is in the window; without a time, whether its folder hour overlaps it."""
         if inference_time is not None:
-            return (self.start is None or inference_time >= self.start) and (self.end is None or inference_time < self.end)
+            return ((self.start is None or inference_time >= self.start)
+                    and (self.end is None or inference_time < self.end))
         return (self.start is None or folder_hour + HOUR > self.start) and (self.end is None or folder_hour < self.end)
 
 
@@ -134,7 +135,8 @@ def read_capture_file(file: CaptureFile, window: Window = Window()) -> Iterator[
                 call = parse_capture_line(raw)
             except CaptureLineError as exc:
                 if not raw.endswith(b"\n") and exc.code in ("malformed_json", "not_utf8"):
-                    exc = CaptureLineError("truncated_line", f"the last line has no newline and does not parse ({exc.detail})")
+                    exc = CaptureLineError("truncated_line",
+                                           f"the last line has no newline and does not parse ({exc.detail})")
                 yield CaptureLine(file, number, None, exc, window.holds(exc.inference_time, file.hour))
                 continue
             yield CaptureLine(file, number, call, None, window.holds(call.inference_time, file.hour))
@@ -149,7 +151,8 @@ def _children(folder: Path, only: str | None, misfits: list[Misfit], root: Path,
         if entry.is_dir():
             found.append(Path(entry.path))
         else:
-            misfits.append(Misfit(_relative(Path(entry.path), root), f"a file where a {what} belongs; expected {_LAYOUT}"))
+            problem = f"a file where a {what} belongs; expected {_LAYOUT}"
+            misfits.append(Misfit(_relative(Path(entry.path), root), problem))
     return found
 
 

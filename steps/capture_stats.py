@@ -67,7 +67,8 @@ def render_text(stats: dict[str, Any]) -> str:
         width = max(map(len, stats["quarantine_reasons"]))
         lines += [f"  {code:<{width}}  {count}" for code, count in sorted(stats["quarantine_reasons"].items())]
     if stats["misfits"]:
-        lines.append(f"paths that do not fit <endpoint>/<variant>/yyyy/mm/dd/hh/<file> (not read): {len(stats['misfits'])}")
+        lines.append(f"paths off the <endpoint>/<variant>/yyyy/mm/dd/hh/<file> layout (not read): "
+                     f"{len(stats['misfits'])}")
         lines += [f"  {m['path']}: {m['problem']}" for m in stats["misfits"][:20]]
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ _COLUMNS = [
 
 def run(config: Config, run_dir: Path) -> Comparison:
     """Every declared statistic over the run's joined records."""
-    return paired.compare(join.load_joined(run_dir, _COLUMNS), config.compare)
+    return paired.compare(join.load_joined(run_dir, _COLUMNS), config.compare, config.compare.task)
 
 
 def metrics_frame(comparison: Comparison, decision: Decision, run_id: str) -> pd.DataFrame:

@@ -62,7 +62,7 @@ class OutputParsing:
     label_column: int | None = None
     """CSV: column holding the label; None derives it from the score and label_threshold."""
     label_threshold: float = 0.5
-    """A label derived from a score is `score >= label_threshold`."""
+    """With no label in the answer, a score in [0, 1] gives the label `score >= label_threshold`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,8 @@ class CompareConfig:
     """Numbers are rounded to this many significant decimals before hashing."""
     abs_tolerance: float = 1e-6
     rel_tolerance: float = 1e-4
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """Which quality metrics ground truth feeds; auto: classification when labels look like classes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,49 @@ class TablesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AwsSettings:
+    region: str
+    role_arn: str
+    """Execution role of the Processing jobs and of the candidate Model (so of its transform jobs)."""
+    output_s3_uri: str
+    """s3://bucket/prefix: runs/<execution id>/..., tables/<table>/..., config/ live below it."""
+    image_uri: str
+    """Processing image with shadow-eval installed (`python -m steps.entrypoints ...` must run in it)."""
+    pipeline_role_arn: str | None = None
+    """Role SageMaker Pipelines assumes to start the jobs; None uses role_arn."""
+    pipeline_name: str = "shadow-eval"
+    candidate_package_arn: str = ""
+    """Default of the CandidatePackageArn parameter; an EventBridge trigger passes the real one."""
+    replay_groups: tuple[str, ...] = ()
+    """Input formats to replay (one TransformStep each); empty takes capture.input_format."""
+    processing_instance_type: str = "ml.m5.xlarge"
+    transform_instance_type: str = "ml.m5.xlarge"
+    transform_instance_count: int = 1
+    """An int, not a parameter: SDK 3.27 rejects ParameterInteger for TransformResources.InstanceCount."""
+    kms_key_id: str | None = None
+    """Encrypts job volumes and outputs when set."""
+    subnets: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    enable_network_isolation: bool = False
+    """Applies to the candidate Model (and so to its transform containers)."""
+    events_role_arn: str | None = None
+    """Role EventBridge and EventBridge Scheduler assume to start the pipeline."""
+    schedule_cron: str | None = None
+    """Six-field EventBridge cron for a scheduled run, e.g. `0 3 * * ? *`; None: no schedule."""
+    trigger_on_new_package: bool = True
+    """Start a run when a package in registry.group is registered as PendingManualApproval."""
+    athena_workgroup: str = "shadow-eval"
+
+    @property
+    def bucket(self) -> str:
+        return self.output_s3_uri[len("s3://"):].split("/", 1)[0]
+
+    def uri(self, *parts: str) -> str:
+        """An S3 URI below output_s3_uri."""
+        return "/".join([self.output_s3_uri.rstrip("/"), *parts])
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     workspace: str = ".shadow-eval"
     capture: CaptureConfig = CaptureConfig()
@@ -149,6 +194,8 @@ class Config:
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     tables: TablesConfig = TablesConfig()
+    aws: AwsSettings | None = None
+    """Only the SageMaker pipeline reads it: account, roles, S3, instances."""
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -164,6 +211,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "output.label_threshold": (0, 1),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+_CRON = re.compile(r"^\S+( \S+){5}$")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -196,6 +246,8 @@ def config_from_mapping(data: dict[str, Any], source: str = "<config>") -> Confi
     for key, name in (("registry.group", config.registry.group), ("tables.database", config.tables.database)):
         if not _NAME.match(name):
             raise ConfigError(source, key, f"{name!r} is not a plain name (letters, digits, _ . -)")
+    if config.aws is not None:
+        _check_aws(config.aws, config, source)
     return config
 
 
@@ -216,6 +268,31 @@ def parse_utc(text: str) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(dt.timezone.utc)
+
+
+def _check_aws(settings: AwsSettings, config: Config, source: str) -> None:
+    for key in ("output_s3_uri",):
+        if not _S3_URI.match(getattr(settings, key)):
+            raise ConfigError(source, f"aws.{key}", f"{getattr(settings, key)!r} is not an s3://bucket/prefix URI")
+    for key in ("role_arn", "pipeline_role_arn", "events_role_arn"):
+        value = getattr(settings, key)
+        if value is not None and not _ROLE_ARN.match(value):
+            raise ConfigError(source, f"aws.{key}", f"{value!r} is not an IAM role ARN")
+    groups = ("csv", "jsonlines", "json", "binary")
+    for group in settings.replay_groups:
+        if group not in groups:
+            raise ConfigError(source, "aws.replay_groups", f"{group!r} is not one of {', '.join(groups)}")
+    if not settings.replay_groups and config.capture.input_format == "auto":
+        raise ConfigError(source, "aws.replay_groups", "required when capture.input_format is auto: a pipeline "
+                          "has one TransformStep per input format, fixed when it is built")
+    if len(set(settings.replay_groups)) != len(settings.replay_groups):
+        raise ConfigError(source, "aws.replay_groups", "lists a group twice")
+    if settings.schedule_cron is not None and not _CRON.match(settings.schedule_cron):
+        raise ConfigError(source, "aws.schedule_cron", "expected six fields, e.g. '0 3 * * ? *'")
+    if not 1 <= settings.transform_instance_count <= 100:
+        raise ConfigError(source, "aws.transform_instance_count", "must be 1 to 100, as in CreateTransformJob")
+    if bool(settings.subnets) != bool(settings.security_group_ids):
+        raise ConfigError(source, "aws.subnets", "subnets and security_group_ids go together")
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -16,15 +16,18 @@ from typing import Any
 from analysis.gate import Decision, decide
 from analysis.report import build_report, summary_markdown
 from analysis.results import Accounting, Comparison
-from steps.backends.registry import METADATA_VALUE_LIMIT, Registry, RegistryError
+from steps.backends.registry import DESCRIPTION_LIMIT, METADATA_VALUE_LIMIT, Registry, RegistryError
 from steps.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run(config: Config, run_dir: str | Path, comparison: Comparison, accounting: Accounting, registry: Registry,
-        package_id: str | None, status_at_start: str | None, run_id: str) -> Decision:
-    """Decide, record the verdict in the registry (compare-and-set), write report/evaluation.json."""
+def run(config: Config, run_dir: str | Path, comparison: Comparison, accounting: Accounting,
+        registry: Registry | None, package_id: str | None, status_at_start: str | None, run_id: str) -> Decision:
+    """Decide, record the verdict in the registry (compare-and-set), write report/evaluation.json.
+
+    registry None: a later step records the verdict (the SageMaker pipeline's Approve/Reject step).
+    """
     run_dir = Path(run_dir)
     decision = decide(comparison, accounting, config.gate)
     log.info("run %s: gate says %s (%s)", run_id, decision.status, "; ".join(decision.reasons[:3]))
@@ -33,8 +36,12 @@ def run(config: Config, run_dir: str | Path, comparison: Comparison, accounting:
     try:
         summary = summary_markdown(build_report({"run_id": run_id, "report_uri": str(report_path)}, accounting,
                                                 comparison, decision))
-        evaluation["registry"] = _record(registry, package_id, status_at_start, decision, summary, run_id,
-                                         _location(report_path, run_id))
+        if registry is None:
+            evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
+                                      "updated": False, "note": "recorded by a later step"}
+        else:
+            evaluation["registry"] = record_verdict(registry, package_id, status_at_start, decision.status, summary,
+                                                    run_id, _location(report_path, run_id))
     except RegistryError as exc:
         evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
                                   "updated": False, "note": f"registry error: {exc}"}
@@ -54,8 +61,9 @@ def write_evaluation(run_dir: Path, evaluation: dict[str, Any]) -> Path:
     return target
 
 
-def _record(registry: Registry, package_id: str | None, status_at_start: str | None, decision: Decision,
-            description: str, run_id: str, report_location: str) -> dict[str, Any]:
+def record_verdict(registry: Registry, package_id: str | None, status_at_start: str | None, verdict: str,
+                   description: str, run_id: str, report_location: str) -> dict[str, Any]:
+    """Set the package to the verdict if it still has the status the run began from; say what happened."""
     base = {"package_id": package_id, "status_at_start": status_at_start}
     if package_id is None:
         return {**base, "status_now": None, "updated": False, "note": "no candidate package; registry untouched"}
@@ -64,15 +72,16 @@ def _record(registry: Registry, package_id: str | None, status_at_start: str | N
         log.warning("run %s: status of %s at start unknown; left it %s", run_id, package_id, now)
         return {**base, "status_now": now, "updated": False,
                 "note": "status at the start of the run is unknown; registry untouched"}
-    metadata = {"shadow_eval_run_id": run_id, "shadow_eval_decision": decision.status,
+    metadata = {"shadow_eval_run_id": run_id, "shadow_eval_decision": verdict,
                 "shadow_eval_report": report_location}
-    if registry.set_status(package_id, status_at_start, decision.status, description, run_id, metadata):
-        log.info("run %s: %s %s -> %s", run_id, package_id, status_at_start, decision.status)
-        return {**base, "status_now": decision.status, "updated": True,
-                "note": f"set {decision.status} from {status_at_start}"}
+    if len(description) > DESCRIPTION_LIMIT:  # a summary edited by hand; the registry would refuse it whole
+        description = description[:DESCRIPTION_LIMIT - 1] + "…"
+    if registry.set_status(package_id, status_at_start, verdict, description, run_id, metadata):
+        log.info("run %s: %s %s -> %s", run_id, package_id, status_at_start, verdict)
+        return {**base, "status_now": verdict, "updated": True, "note": f"set {verdict} from {status_at_start}"}
     now = registry.describe(package_id).status
     log.warning("run %s: %s changed from %s to %s while the run went on; left it alone (gate said %s)",
-                run_id, package_id, status_at_start, now, decision.status)
+                run_id, package_id, status_at_start, now, verdict)
     return {**base, "status_now": now, "updated": False,
             "note": f"status changed from {status_at_start} to {now} since the run began; left alone"}
 

@@ -107,8 +107,10 @@ def default_predict_fn(data: Any, model: Any) -> Any:
 
 def default_output_fn(prediction: Any, accept: str) -> str:
     """CSV one line per row, a JSON list, or one JSON value per line, by Accept."""
-    rows = prediction.tolist() if hasattr(prediction, "tolist") else list(prediction)
+    rows = prediction.tolist() if hasattr(prediction, "tolist") else prediction
     kind = media_type(accept)
+    if kind in ("text/csv", "application/jsonlines", "application/x-jsonlines") and not isinstance(rows, list):
+        raise ValueError(f"{accept} output needs one prediction per row, got {type(rows).__name__}")
     if kind == "text/csv":
         return "".join(write_csv_row(row if isinstance(row, list) else [row]) + "\n" for row in rows)
     if kind == "application/json":

@@ -86,7 +86,7 @@ def run(config: Config, run_dir: str | Path) -> PrepareResult:
     if not listing.files:  # readers glob the parts; give them a schema to read
         _write_part([], RECORDS_SCHEMA, out / "records" / "00000.parquet")
         _write_part([], QUARANTINE_SCHEMA, out / "quarantine" / "00000.parquet")
-    groups = replay_groups(tally, config.replay.batch_strategy)
+    groups = _replay_groups(tally, config.replay.batch_strategy)
     (out / "replay-plan.json").write_text(json.dumps({"groups": groups}, indent=2) + "\n", encoding="utf-8")
     result = PrepareResult(
         files=len(listing.files), calls=tally.calls, records=tally.prepared + sum(tally.reasons.values()),
@@ -183,7 +183,7 @@ class _ReplayFiles:
 
     def write(self, split: CallSplit, call: CaptureCall, capture_line: int,
               splitter: _Splitter) -> list[tuple[str, int, int] | str]:
-        """Write the call's replay units; per record its (replay_file, replay_line, replay_index) or why it is too large."""
+        """Write a call's replay units; per record (replay_file, replay_line, replay_index) or why it is too large."""
         group = split.input_format
         if group == "binary":
             body = call.input.body()
@@ -231,28 +231,38 @@ class _ReplayFiles:
         return self._lines[group]
 
 
-def replay_groups(tally: _Tally, batch_strategy: str) -> dict[str, dict[str, Any]]:
-    """The replay plan's groups: CreateTransformJob knobs per input format present, with files and records."""
+def group_knobs(group: str, batch_strategy: str, content_type: str | None = None,
+                accept: str | None = None) -> dict[str, Any]:
+    """CreateTransformJob knobs that replay one input format faithfully (docs/internals.md, "Replay plan")."""
+    if group == "binary":
+        # One request per file, sent whole with the type it was captured with.
+        return {"content_type": content_type or "application/octet-stream", "accept": accept or "*/*",
+                "split_type": "None", "batch_strategy": "SingleRecord", "assemble_with": "None",
+                "data_processing": None}
+    mime = content_type_for(group)
+    return {"content_type": mime, "accept": mime, "split_type": "Line",
+            # A JSON document is one request: MultiRecord would concatenate documents into one body.
+            "batch_strategy": "SingleRecord" if group == "json" else batch_strategy, "assemble_with": "Line",
+            "data_processing": {"InputFilter": "$[1:]" if group == "csv" else "$", "JoinSource": "Input",
+                                "OutputFilter": "$"}}
+
+
+def _replay_groups(tally: _Tally, batch_strategy: str) -> dict[str, dict[str, Any]]:
+    """The replay plan's groups: knobs per input format present, with files and records."""
     groups: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         if not tally.group_records[group]:
             continue
+        content_type = accept = None
         if group == "binary":
             # One transform job has one ContentType: the most common request type; the Accept production answered with.
             content_type = tally.binary_types.most_common(1)[0][0]
-            accept = tally.binary_accepts.most_common(1)[0][0] if tally.binary_accepts else "*/*"
+            accept = tally.binary_accepts.most_common(1)[0][0] if tally.binary_accepts else None
             if len(tally.binary_types) > 1:
                 log.warning("binary requests have several content types %s; replaying all as %s",
                             dict(tally.binary_types), content_type)
-            knobs = {"content_type": content_type, "accept": accept, "split_type": "None",
-                     "batch_strategy": "SingleRecord", "assemble_with": "None", "data_processing": None}
-        else:
-            mime = content_type_for(group)
-            knobs = {"content_type": mime, "accept": mime, "split_type": "Line",
-                     "batch_strategy": "SingleRecord" if group == "json" else batch_strategy, "assemble_with": "Line",
-                     "data_processing": {"InputFilter": "$[1:]" if group == "csv" else "$", "JoinSource": "Input",
-                                         "OutputFilter": "$"}}
-        groups[group] = knobs | {"files": tally.group_files[group], "records": tally.group_records[group]}
+        groups[group] = group_knobs(group, batch_strategy, content_type, accept) | {
+            "files": tally.group_files[group], "records": tally.group_records[group]}
     return groups
 
 

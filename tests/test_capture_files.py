@@ -45,7 +45,8 @@ def test_record_spilling_into_next_hour_is_read_from_previous_folder(tmp_path):
     write_capture_tree(tmp_path, {capture_path(EP, VAR, at(9, 59)): [_line(at(9, 59), "a"), _line(at(10, 1), "b")]})
     window = Window(at(10), at(11))
     (file,) = list_capture_files(tmp_path, window=window).files
-    assert [(line.call.event_id, line.in_window) for line in read_capture_file(file, window)] == [("a", False), ("b", True)]
+    lines = read_capture_file(file, window)
+    assert [(line.call.event_id, line.in_window) for line in lines] == [("a", False), ("b", True)]
 
 
 def test_unusable_line_with_a_time_is_windowed_by_it(tmp_path):

@@ -30,7 +30,7 @@ def quarantine(reasons: list[tuple[str, str]]) -> pd.DataFrame:
 
 
 def metrics(value: float) -> pd.DataFrame:
-    return pd.DataFrame([{"metric": "accuracy", "slice": "all", "production": 0.9, "candidate": value,
+    return pd.DataFrame([{"metric": "accuracy", "slice": "all", "value": value, "production": 0.9, "candidate": value,
                           "delta": value - 0.9, "ci_low": None, "ci_high": None, "support": 10,
                           "threshold": 0.85, "passed": value >= 0.85}])
 

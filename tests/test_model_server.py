@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from model_helpers import TRAIN_FEATURES, build_model_tar, train_model
 from steps import replay
 from steps.config import ReplayConfig
 from steps.model_server import ModelArtifactError, ModelServerError, create_server, extract_model, serve_model
 from steps.transformer import TransformJobError
+from model_helpers import TRAIN_FEATURES, build_model_tar, train_model
 
 # Hooks that make every call visible: predict_fn counts its calls and reports the batch it got.
 # model_fn reads its own file, so this server never loads scikit-learn (and starts quickly).

@@ -117,7 +117,8 @@ def test_plan_and_accounting(prepared):
             for group, knobs in plan["groups"].items()} == {
         "csv": (2, 3, "Line", "MultiRecord"), "jsonlines": (1, 2, "Line", "MultiRecord"),
         "json": (1, 2, "Line", "SingleRecord"), "binary": (1, 1, "None", "SingleRecord")}
-    assert plan["groups"]["csv"]["data_processing"] == {"InputFilter": "$[1:]", "JoinSource": "Input", "OutputFilter": "$"}
+    assert plan["groups"]["csv"]["data_processing"] == {"InputFilter": "$[1:]", "JoinSource": "Input",
+                                                        "OutputFilter": "$"}
     assert plan["groups"]["binary"]["content_type"] == "application/x-npy"
     assert result.groups == plan["groups"]
     assert (result.files, result.calls, result.out_of_window) == (3, 9, 2)

@@ -15,6 +15,21 @@ from steps.transformer import (
 )
 
 
+class Calls:
+    """What one test's transform did to the container; late answers from earlier tests cannot touch it."""
+
+    def __init__(self, execution_parameters: dict | None = None, pings_before_healthy: int = 0, gather: int = 0):
+        self.execution_parameters = execution_parameters
+        self.pings_before_healthy = pings_before_healthy
+        self.gather = gather
+        """`delay` requests wait (up to 2 s) until this many are in flight, so concurrency shows deterministically."""
+        self.requests: list[tuple[dict, bytes]] = []
+        self.attempts: collections.Counter[bytes] = collections.Counter()
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+
 class FakeContainer(ThreadingHTTPServer):
     """Answers each line of a request with its length; tokens in a line inject faults.
 
@@ -24,14 +39,11 @@ class FakeContainer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    calls = Calls()
 
-    def reset(self, execution_parameters: dict | None = None, pings_before_healthy: int = 0) -> None:
-        self.execution_parameters = execution_parameters
-        self.pings_before_healthy = pings_before_healthy
-        self.requests: list[tuple[dict, bytes]] = []
-        self.attempts: collections.Counter[bytes] = collections.Counter()
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
+    def reset(self, **settings) -> Calls:
+        self.calls = Calls(**settings)
+        return self.calls
 
     @property
     def url(self) -> str:
@@ -43,25 +55,29 @@ class FakeHandler(BaseHTTPRequestHandler):
     server: FakeContainer
 
     def do_GET(self) -> None:  # noqa: N802
+        calls = self.server.calls
         if self.path == "/ping":
-            with self.server.lock:
-                self.server.pings_before_healthy -= 1
-                healthy = self.server.pings_before_healthy < 0
+            with calls.lock:
+                calls.pings_before_healthy -= 1
+                healthy = calls.pings_before_healthy < 0
             self._reply(200 if healthy else 503, b"")
-        elif self.path == "/execution-parameters" and self.server.execution_parameters is not None:
-            self._reply(200, json.dumps(self.server.execution_parameters).encode())
+        elif self.path == "/execution-parameters" and calls.execution_parameters is not None:
+            self._reply(200, json.dumps(calls.execution_parameters).encode())
         else:
             self._reply(404, b"")
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        server = self.server
-        with server.lock:
-            server.requests.append((dict(self.headers), body))
-            server.attempts[body] += 1
-            first_attempt = server.attempts[body] == 1
-            server.in_flight += 1
-            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        calls = self.server.calls
+        with calls.lock:
+            calls.requests.append((dict(self.headers), body))
+            calls.attempts[body] += 1
+            first_attempt = calls.attempts[body] == 1
+            calls.in_flight += 1
+            calls.max_in_flight = max(calls.max_in_flight, calls.in_flight)
+            calls.changed.notify_all()
+            if b"delay" in body and calls.gather:
+                calls.changed.wait_for(lambda: calls.in_flight >= calls.gather, timeout=2)
         try:
             if b"delay" in body:
                 time.sleep(0.1)
@@ -82,8 +98,8 @@ class FakeHandler(BaseHTTPRequestHandler):
                 answer = "".join(f"{len(line)}\n" for line in lines)
             self._reply(200, answer.encode())
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            with calls.lock:
+                calls.in_flight -= 1
 
     def _reply(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -153,8 +169,8 @@ def test_multirecord_sends_one_request_singlerecord_one_per_record(container, di
     inputs, outputs = dirs
     write_inputs(inputs, {"f.csv": "".join(f"{i},{i}\n" for i in range(10))})
     result = transform(inputs, outputs, container.url, job(batch_strategy=strategy))
-    assert len(container.requests) == result.invocations == requests
-    headers = container.requests[0][0]
+    assert len(container.calls.requests) == result.invocations == requests
+    headers = container.calls.requests[0][0]
     assert (headers["Content-Type"], headers["Accept"]) == ("text/csv", "text/csv")
     assert (outputs / "f.csv.out").read_text() == "3\n" * 10
 
@@ -163,16 +179,17 @@ def test_split_none_sends_the_whole_file_and_assemble_none_concatenates(containe
     inputs, outputs = dirs
     write_inputs(inputs, {"one.csv": "a\nbb\n", "two.csv": "ccc"})
     transform(inputs, outputs, container.url, job(split_type="None", assemble_with="None"))
-    assert [body for _, body in container.requests] == [b"a\nbb\n", b"ccc"]
+    assert [body for _, body in container.calls.requests] == [b"a\nbb\n", b"ccc"]
     assert (outputs / "one.csv.out").read_text() == "1\n2\n"
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_requests_in_flight_never_exceed_max_concurrent_transforms(container, dirs, concurrency):
     inputs, outputs = dirs
+    container.reset(gather=concurrency)
     write_inputs(inputs, {f"f{i}.csv": "delay\ndelay\n" for i in range(3)})
     transform(inputs, outputs, container.url, job(batch_strategy="SingleRecord", max_concurrent_transforms=concurrency))
-    assert container.max_in_flight == concurrency
+    assert container.calls.max_in_flight == concurrency
 
 
 def test_a_500_then_success_within_the_retries_is_ok(container, dirs):
@@ -202,7 +219,7 @@ def test_a_file_whose_record_finally_fails_gets_no_out_and_is_reported(container
     assert (failure.file, failure.reason) == ("bad.csv", reason) and "records 1-2" in failure.detail
     assert not (outputs / "bad.csv.out").exists()
     assert (outputs / "good.csv.out").read_text() == "fine,4\n"
-    assert sum(1 for _, body in container.requests if line.encode() in body) == attempts
+    assert sum(1 for _, body in container.calls.requests if line.encode() in body) == attempts
     assert reason in FAILURE_REASONS or reason.startswith("http_")
     assert list(outputs.glob(".*partial")) == []
 
@@ -230,12 +247,13 @@ def test_invocation_timeout(container, dirs, line, retries, ok):
 def test_execution_parameters_precedence_request_then_container_then_default(container, dirs, requested,
                                                                              advertised, used):
     inputs, outputs = dirs
-    container.reset(execution_parameters=advertised)
+    requests = 6 if used["BatchStrategy"] == "SingleRecord" else 1
+    calls = container.reset(execution_parameters=advertised, gather=min(used["MaxConcurrentTransforms"], requests))
     write_inputs(inputs, {"f.csv": "delay\n" * 6})
     result = transform(inputs, outputs, container.url, job(**requested))
     assert result.execution_parameters == used
-    assert len(container.requests) == (6 if used["BatchStrategy"] == "SingleRecord" else 1)
-    assert container.max_in_flight == min(used["MaxConcurrentTransforms"], len(container.requests))
+    assert len(calls.requests) == requests
+    assert calls.max_in_flight == min(used["MaxConcurrentTransforms"], requests)
 
 
 def test_resume_skips_files_that_already_have_an_out(container, dirs):
@@ -245,7 +263,7 @@ def test_resume_skips_files_that_already_have_an_out(container, dirs):
     (outputs / "done.csv.out").write_text("kept\n")
     result = transform(inputs, outputs, container.url, job())
     assert result.files_ok == ("done.csv", "todo.csv") and result.invocations == 1
-    assert [body for _, body in container.requests] == [b"bb\n"]
+    assert [body for _, body in container.calls.requests] == [b"bb\n"]
     assert (outputs / "done.csv.out").read_text() == "kept\n"
     again = transform(inputs, outputs, container.url, job(), resume=False)
     assert again.invocations == 2 and (outputs / "done.csv.out").read_text() == "1\n"
@@ -257,7 +275,7 @@ def test_the_replay_plan_csv_group_keeps_the_record_id_out_of_the_request(contai
     knobs = job(batch_strategy="MultiRecord",
                 data_processing={"InputFilter": "$[1:]", "JoinSource": "Input", "OutputFilter": "$"})
     transform(inputs, outputs, container.url, knobs)
-    assert [body for _, body in container.requests] == [b"1.5,2\n3,4.25\n"]
+    assert [body for _, body in container.calls.requests] == [b"1.5,2\n3,4.25\n"]
     assert (outputs / "f.csv.out").read_text() == "ev1:0,1.5,2,5\nev1:1,3,4.25,6\n"
 
 
@@ -279,7 +297,7 @@ def test_work_waits_for_ping(container, dirs):
     container.reset(pings_before_healthy=10_000)
     with pytest.raises(TransformJobError, match="did not answer 200 within 0.3 s"):
         transform(inputs, outputs, container.url, job(), resume=False, ping_timeout_s=0.3)
-    assert container.requests == []
+    assert container.calls.requests == []
 
 
 def test_the_result_serialises_to_the_documented_shape(container, dirs):

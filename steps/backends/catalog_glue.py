@@ -1,0 +1,99 @@
+"""The Catalog protocol on S3 + Glue through awswrangler, queried with Athena.
+
+Layout mirrors the local one: `<tables_uri>/<table>/run_id=<run_id>/*.parquet` for the
+partitioned tables, `<tables_uri>/shadow_runs/part-<run_id>.parquet` for runs; one Glue table
+each in `database`, and the analyst views from sql/*.sql created in Athena.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from steps.backends.catalog import (
+    PARTITIONED, SCHEMAS, SQL_DIR, CatalogError, Parts, _as_table, _check_run_id, _conform,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GlueCatalog:
+    """Run tables as Parquet on S3, registered in a Glue database (boto3 session passed in)."""
+
+    def __init__(self, tables_uri: str, database: str, boto3_session: Any, workgroup: str = "primary"):
+        if not tables_uri.startswith("s3://"):
+            raise CatalogError(f"{tables_uri!r} is not an s3:// URI")
+        self.tables_uri = tables_uri.rstrip("/")
+        self.database = database
+        self.session = boto3_session
+        self.workgroup = workgroup
+
+    def write_partition(self, table: str, run_id: str, data: Parts) -> None:
+        """Replace the run's partition of a table and register it in Glue."""
+        import awswrangler as wr
+
+        _check_run_id(run_id)
+        if table not in PARTITIONED:
+            raise CatalogError(f"{table!r} is not a partitioned table ({', '.join(PARTITIONED)})")
+        schema = SCHEMAS[table]
+        frame = _conform(_as_table(data, schema), schema, table, run_id).to_pandas(types_mapper=pd.ArrowDtype)
+        frame["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
+        if frame.empty:
+            # to_parquet writes nothing for no rows; the table must still exist for the views.
+            self._ensure_table(table, partitioned=True)
+            return
+        wr.s3.to_parquet(frame, path=f"{self.tables_uri}/{table}/", dataset=True, database=self.database,
+                         table=table, partition_cols=["run_id"], mode="overwrite_partitions",
+                         dtype={**athena_types(schema), "run_id": "string"}, boto3_session=self.session)
+        log.info("wrote %d rows to %s.%s run_id=%s", len(frame), self.database, table, run_id)
+
+    def write_run(self, row: dict[str, Any]) -> None:
+        """Replace the run's object under shadow_runs/ (one object per run) and keep the table registered."""
+        import awswrangler as wr
+
+        run_id = row.get("run_id")
+        _check_run_id(run_id)
+        schema = SCHEMAS["shadow_runs"]
+        unknown, missing = sorted(set(row) - set(schema.names)), sorted(set(schema.names) - set(row))
+        if unknown or missing:
+            raise CatalogError(f"shadow_runs row: unknown columns {unknown}, missing columns {missing}")
+        table = _conform(pa.Table.from_pandas(pd.DataFrame([row]), preserve_index=False), schema, "shadow_runs", None)
+        wr.s3.to_parquet(table.to_pandas(types_mapper=pd.ArrowDtype),
+                         path=f"{self.tables_uri}/shadow_runs/part-{run_id}.parquet", dtype=athena_types(schema),
+                         boto3_session=self.session)
+        self._ensure_table("shadow_runs", partitioned=False)
+
+    def refresh(self) -> None:
+        """(Re)create the analyst views in Athena; partitions are already registered by each write."""
+        import awswrangler as wr
+
+        for script in sorted(SQL_DIR.glob("*.sql")):
+            sql = script.read_text(encoding="utf-8").format(database=self.database)
+            wr.athena.start_query_execution(sql, database=self.database, workgroup=self.workgroup, wait=True,
+                                            boto3_session=self.session)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run one query in Athena (results land in the workgroup's output location)."""
+        import awswrangler as wr
+
+        return wr.athena.read_sql_query(sql, database=self.database, workgroup=self.workgroup, ctas_approach=False,
+                                        boto3_session=self.session)
+
+    def _ensure_table(self, table: str, partitioned: bool) -> None:
+        import awswrangler as wr
+
+        if wr.catalog.does_table_exist(database=self.database, table=table, boto3_session=self.session):
+            return
+        wr.catalog.create_parquet_table(
+            database=self.database, table=table, path=f"{self.tables_uri}/{table}/",
+            columns_types=athena_types(SCHEMAS[table]),
+            partitions_types={"run_id": "string"} if partitioned else None, boto3_session=self.session)
+
+
+def athena_types(schema: pa.Schema) -> dict[str, str]:
+    """Glue/Athena column types of a table schema."""
+    names = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
+             pa.bool_(): "boolean"}
+    return {f.name: "timestamp" if pa.types.is_timestamp(f.type) else names[f.type] for f in schema}
