@@ -137,6 +137,8 @@ class RegistryConfig:
 class TablesConfig:
     database: str = "shadow_eval"
     """Glue database, or the schema name inside the local DuckDB file."""
+    input_text: Literal["keep", "hash", "drop"] = "keep"
+    """Captured inputs may hold personal data: keep them in shadow_records, keep only their sha256, or drop them."""
 
 
 @dataclasses.dataclass(frozen=True)
