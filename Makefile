@@ -40,6 +40,7 @@ bench: $(VENV)/.local
 lock: | $(UV)
 	cd requirements && ../$(UV) pip compile -q --python-version 3.11 ci.in -o ci.lock
 	cd requirements && ../$(UV) pip compile -q --python-version 3.11 local.in -c ci.lock -o local.lock
+	cd requirements && ../$(UV) pip compile -q --python-version 3.11 processing.in -c ci.lock -o processing.lock
 
 clean:
 	rm -rf $(VENV) .shadow-eval .pytest_cache

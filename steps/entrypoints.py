@@ -80,12 +80,14 @@ def run_join_compare(args: argparse.Namespace, boto3_session: Any = None, catalo
     for side in ("candidate", "production"):
         if (root / "input" / "replay" / side).is_dir():
             _link(root / "input" / "replay" / side, run_dir / "replay" / side)
+    # The GroundTruthS3Uri parameter decides (empty: no labels); the config's S3 root is only its default.
+    truth_root = None
     if args.ground_truth_s3_uri:
         start = parse_utc(info["config"]["capture"]["window_start"])
         truth_root = root / "work" / "ground-truth"
         download_hours(session.client("s3"), args.ground_truth_s3_uri.rstrip("/"), truth_root, start - HOUR, None)
-        config = dataclasses.replace(config, ground_truth=dataclasses.replace(config.ground_truth,
-                                                                              root=str(truth_root)))
+    config = dataclasses.replace(config, ground_truth=dataclasses.replace(
+        config.ground_truth, root=str(truth_root) if truth_root else None))
     joined = join.run(config, run_dir)
     comparison = compare.run(config, run_dir)
     # The pipeline's Approve or Reject step records the verdict, after the ConditionStep read it.

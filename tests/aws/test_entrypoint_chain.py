@@ -1,0 +1,116 @@
+"""The cloud chain as plain Python: Prepare, then what Batch Transform would write, then JoinCompare.
+
+The transform step is played by the local transformer against an in-test container, and its
+output is laid where the pipeline's JoinCompare input puts it (input/replay/<side>/<group>/...).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import awswrangler as wr
+import boto3
+import pytest
+from moto import mock_aws
+
+from capture_helpers import at, capture_line, capture_path
+from steps import entrypoints, replay
+from steps.config import ReplayConfig
+
+CAPTURE = "s3://capture-bucket/datacapture"
+OUTPUT = "s3://example-shadow-eval/shadow-eval"
+
+
+class _ScoreEachRow(BaseHTTPRequestHandler):
+    """A container that scores every CSV row 0.7: the production answer the capture recorded."""
+
+    def do_GET(self):
+        self.send_response(200 if self.path == "/ping" else 404)
+        self.end_headers()
+
+    def do_POST(self):
+        rows = self.rfile.read(int(self.headers["Content-Length"])).decode().splitlines()
+        body = "".join("0.7\n" for _ in rows).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/csv")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def container():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScoreEachRow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def aws():
+    with mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        for bucket in ("capture-bucket", "example-shadow-eval"):
+            session.client("s3").create_bucket(Bucket=bucket)
+        # What infra/shadow-eval.yaml creates: the Glue database and the Athena workgroup.
+        session.client("glue").create_database(DatabaseInput={"Name": "shadow_eval"})
+        session.client("athena").create_work_group(Name="shadow-eval", Configuration={
+            "ResultConfiguration": {"OutputLocation": "s3://example-shadow-eval/athena/"}})
+        yield session
+
+
+def _capture(aws) -> int:
+    """Two capture objects in the window, one call of two rows and two calls of one row."""
+    records = 0
+    for salt, minute, rows in (("a", 5, ["1,2\n3,4"]), ("b", 40, ["5,6", "7,8"])):
+        when = at(10, minute)
+        lines = [capture_line(row, "".join("0.7\n" for _ in row.split("\n")), inference_time=when,
+                              event_id=f"{salt}{i}000000-0000-4000-8000-000000000000") for i, row in enumerate(rows)]
+        records += sum(len(row.split("\n")) for row in rows)
+        key = "datacapture/" + capture_path("churn-prod", "AllTraffic", when, salt)
+        aws.client("s3").put_object(Bucket="capture-bucket", Key=key, Body="".join(f"{x}\n" for x in lines).encode())
+    return records
+
+
+def _stage_outputs_as_inputs(root, names: list[str]) -> None:
+    """What Processing uploads from output/<name> the next step downloads into input/<name>."""
+    for name in names:
+        shutil.copytree(root / "output" / name, root / "input" / name, dirs_exist_ok=True)
+
+
+def test_prepare_transform_join_compare(aws, tmp_path, aws_config_path, container):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    shutil.copy(aws_config_path, tmp_path / "input" / "config" / "shadow-eval.yaml")
+    captured = _capture(aws)
+    parse = entrypoints._parser().parse_args
+
+    entrypoints.run_prepare(parse([
+        "prepare", "--root", str(tmp_path), "--run-id", "exec1", "--capture-s3-uri", CAPTURE,
+        "--endpoint", "churn-prod", "--variant", "AllTraffic", "--window-start", "2024-01-19T10:00:00Z",
+        "--window-end", "2024-01-19T11:00:00Z", "--candidate-model-name", "shadow-eval-exec1-candidate"]), aws)
+    _stage_outputs_as_inputs(tmp_path, ["prepare", "run"])
+
+    plan = json.loads((tmp_path / "input" / "prepare" / "replay-plan.json").read_text())
+    result = replay.run(plan["groups"]["csv"], tmp_path / "input" / "prepare" / "replay-input" / "csv",
+                        tmp_path / "input" / "replay" / "candidate" / "csv", container,
+                        ReplayConfig(invocation_timeout_s=5), tmp_path / "server.log", "candidate")
+    assert not result.files_failed
+
+    evaluation = entrypoints.run_join_compare(parse([
+        "join-compare", "--root", str(tmp_path), "--run-id", "exec1",
+        "--report-s3-uri", f"{OUTPUT}/runs/exec1/report/report.html", "--tables-s3-uri", f"{OUTPUT}/tables"]), aws)
+
+    assert evaluation["accounting"]["captured"] == captured == 4
+    assert evaluation["accounting"]["joined"] == 4
+    assert evaluation["registry"]["updated"] is False  # the Approve/Reject step records it
+    for name in ("evaluation.json", "report.json", "summary.md", "report.html"):
+        assert (tmp_path / "output" / "report" / name).is_file()
+    records = wr.s3.read_parquet(f"{OUTPUT}/tables/shadow_records/", dataset=True, boto3_session=aws)
+    assert sorted(records["run_id"].unique()) == ["exec1"] and len(records) == 4
+    partitions = wr.catalog.get_partitions(database="shadow_eval", table="shadow_records", boto3_session=aws)
+    assert [values for values in partitions.values()] == [["exec1"]]
