@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.8
 
-.PHONY: demo test aws bench lock clean
+.PHONY: demo test aws bench lock clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ $(VENV)/.full: requirements/ci.lock setup.cfg pyproject.toml | $(UV)
 demo: $(VENV)/.local
 	$(BIN)/shadow-eval demo $(ARGS)
 
-test: $(VENV)/.full
+# report.html is checked in headless Chromium, from Debian's packages (CI machines run as root).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium >/dev/null; } || { [ -z "$$CI" ] && \
+	  echo "make: chromium not installed; the browser test of report.html will be skipped"; }
+
+test: $(VENV)/.full browser
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(ARGS)
 

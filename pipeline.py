@@ -30,6 +30,9 @@ from typing import Any
 
 from steps import capture_stats, compare, gate, join, prepare, replay, report
 from steps.aws_cli import add_pipeline_commands
+from steps.regate import add_regate_command
+from steps.query import add_query_command, add_views_command
+from steps.quicksight import add_quicksight_command
 from steps.backends.catalog import LocalCatalog
 from steps.publish import publish_run
 from steps.backends.registry import LocalRegistry
@@ -213,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     stats.set_defaults(command=_cmd_capture_stats)
 
     add_pipeline_commands(commands)  # the SageMaker side; its AWS imports happen only when it runs
+    add_regate_command(commands)
+    add_query_command(commands)
+    add_views_command(commands)
+    add_quicksight_command(commands)
     return parser
 
 

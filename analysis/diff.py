@@ -102,6 +102,8 @@ def noise_band(frame: pd.DataFrame, quantile: float, abs_tolerance: float) -> fl
     None when production was not replayed (no noise floor: only the tolerance applies).
     """
     noise = _numeric(frame, "noise_abs_diff")
+    if not np.isfinite(noise).any():  # frames built without the join's column: derive it
+        noise = np.abs(_numeric(frame, "production_replay_score") - _numeric(frame, "production_score"))
     noise = noise[np.isfinite(noise)]
     if noise.size == 0:
         return None

@@ -16,7 +16,7 @@ from analysis.gate import Decision
 from analysis.quarantine import REASONS
 from analysis.results import Accounting, Comparison
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 SUMMARY_LIMIT = 1024
 """SageMaker's ModelApprovalDescription (UpdateModelPackage) is at most 1024 characters."""
 SCORE_QUANTILES = ("min", "p01", "p05", "p50", "p95", "p99", "max")
@@ -51,11 +51,21 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
                         for p, row in sorted(comparison.flip_matrix.items(), key=lambda kv: str(kv[0]))},
         "score_delta": {k: _num(v) for k, v in comparison.score_delta.items()},
         "has_ground_truth": comparison.has_ground_truth,
+        "task": getattr(comparison, "task", None),
+        "statistics": _plain(getattr(comparison, "settings", {}) or {}, sort=True),
+        "diff": _plain(diff.to_json()) if (diff := getattr(comparison, "diff", None)) is not None else None,
+        "segments": [segment.to_json() for segment in getattr(comparison, "segments", ())],
+        "distributions": _plain(getattr(comparison, "distributions", {}) or {}),
     }
 
 
 def summary_markdown(report: dict) -> str:
-    """A short Markdown verdict that always fits SUMMARY_LIMIT: verdict first, then reasons, then numbers."""
+    """A short Markdown verdict that always fits SUMMARY_LIMIT.
+
+    The first line names the verdict and the run id, the last the report's location (provenance);
+    between them the record accounting, the reasons and the headline numbers, dropped from the end
+    (with a count of what was left out) when they do not fit.
+    """
     verdict = report["verdict"]
     run = report.get("run", {})
     acc = report["accounting"]
@@ -66,28 +76,31 @@ def summary_markdown(report: dict) -> str:
     lines.append(_clip(f"Records: {acc['captured']} captured = {acc['joined']} joined + "
                        f"{acc['quarantined']} quarantined (coverage {acc['coverage']:.2%})"))
     lines += [_clip(f"- {reason}") for reason in verdict["reasons"]]
-    headline = [f"{name} {_short(values['value'])}" for name, values in report["headline"].items()
-                if values["value"] is not None]
+    names = [n for n in _SUMMARY_METRICS if (report["headline"].get(n) or {}).get("value") is not None]
+    headline = [f"{name} {_short(report['headline'][name]['value'])}" for name in names]
     if headline:
         lines.append(_clip("Metrics: " + ", ".join(headline)))
-    if run.get("report_uri"):
-        lines.append(_clip(f"Report: {run['report_uri']}"))
-    return _fit(lines, SUMMARY_LIMIT)
+    tail = [_clip(f"Report: {run['report_uri']}")] if run.get("report_uri") else []
+    return _fit(lines, tail, SUMMARY_LIMIT)
 
 
-def _fit(lines: list[str], limit: int) -> str:
-    """Keep the first lines that fit, then say how many were left out (every line is <= _LINE_LIMIT)."""
+_SUMMARY_METRICS = ("label_agreement", "cohen_kappa", "accuracy", "real_difference_rate", "replay_exact_match_rate",
+                    "mae", "score_psi")
+
+
+def _fit(lines: list[str], tail: list[str], limit: int) -> str:
+    """Keep the first lines that fit with the tail, then say how many were left out (lines are <= _LINE_LIMIT)."""
     for keep in range(len(lines), 0, -1):
         dropped = len(lines) - keep
-        tail = [f"… {dropped} more line{'s' * (dropped != 1)} in report.json"] if dropped else []
-        text = "\n".join(lines[:keep] + tail) + "\n"
+        note = [f"… {dropped} more line{'s' * (dropped != 1)} in report.json"] if dropped else []
+        text = "\n".join(lines[:keep] + note + tail) + "\n"
         if len(text) <= limit:
             return text
-    return lines[0][:limit - 1] + "\n"
+    return (lines[0][:limit // 2] + "\n" + "\n".join(tail))[:limit - 1] + "\n"
 
 
 def render_html(report: dict) -> str:
-    """One self-contained HTML page: verdict, accounting, checks, metrics, flips, score deltas."""
+    """One self-contained HTML page: verdict, checks, records, noise floor, diff, statistics, slices, plots."""
     verdict = report["verdict"]
     run = report.get("run", {})
     status = verdict["status"]
@@ -96,29 +109,39 @@ def render_html(report: dict) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f'<div class="banner {css_class}"><h1>{_e(status)}</h1>',
+        f'<div class="banner {css_class}" id="verdict"><h1>{_e(status)}</h1>',
         "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"]) + "</ul></div>",
         _run_section(run),
-        _accounting_section(report["accounting"]),
         _checks_section(report["checks"]),
+        _accounting_section(report["accounting"]),
+        _noise_section(report.get("headline", {}), report.get("diff")),
+        _quality_section(report.get("headline", {}), report.get("statistics") or {}, report.get("task")),
         _headline_section(report["headline"]),
         _flip_section(report["flip_matrix"]),
+        _distribution_section(report.get("distributions") or {}),
         _score_section(report["score_delta"]),
+        _diff_section(report.get("diff")),
+        _slices_section(report.get("segments") or [], report["metrics"], report["checks"]),
+        _statistics_note(report.get("statistics") or {}),
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return "\n".join(p for p in parts if p) + "\n"
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#222;padding:0 1rem}
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:76rem;color:#222;padding:0 1rem}
 h1{margin:0 0 .4rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .banner{padding:1rem 1.4rem;border-radius:6px;color:#fff}.ok{background:#2e7d32}.bad{background:#c62828}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.fail td{background:#fdecea}tr.missing td{background:#fff4e5}tr.warn td{background:#fffbe6}
 .muted{color:#777}svg text{font-size:11px;font-family:system-ui,sans-serif}
+tr.flagged td{background:#fdecea;font-weight:600}td.code{font-family:ui-monospace,monospace;font-size:12px;
+max-width:28rem;overflow-wrap:anywhere}.legend span{display:inline-block;margin-right:1rem}
+.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 """.strip()
 
 
@@ -153,12 +176,59 @@ def _checks_section(checks: list[dict]) -> str:
     for c in checks:
         css = "" if c["passed"] else ("missing" if c["outcome"] == "missing" else
                                       "warn" if c["severity"] == "warning" else "fail")
+        interval = (f"[{_short(c.get('ci_low'))}, {_short(c.get('ci_high'))}]"
+                    if c.get("ci_low") is not None or c.get("ci_high") is not None else "")
         rows.append(f'<tr class="{css}"><td>{_e(c["name"])}</td><td>{_e(c["metric"])}</td>'
-                    f'<td class=num>{_e(_short(c["value"]))}</td><td>{_e(c["direction"])}</td>'
+                    f'<td>{_e(c.get("judged_on", "point"))}</td>'
+                    f'<td class=num>{_e(_short(c["value"] if c.get("estimate") is None else c["estimate"]))}</td><td class=num>{_e(interval)}</td>'
+                    f'<td>{_e(c["direction"])}</td>'
                     f'<td class=num>{_e(_short(c["threshold"]))}</td><td>{_e(c["severity"])}</td>'
                     f'<td>{_e(c["outcome"])}</td><td>{_e(c["reason"])}</td></tr>')
-    return ("<h2>Checks</h2><table><tr><th>check</th><th>metric</th><th>value</th><th>direction</th>"
-            "<th>threshold</th><th>severity</th><th>outcome</th><th>reason</th></tr>" + "".join(rows) + "</table>")
+    return ("<h2>Checks</h2><table><tr><th>check</th><th>metric</th><th>judged on</th><th>estimate</th>"
+            "<th>interval</th><th>direction</th><th>threshold</th><th>severity</th><th>outcome</th><th>reason</th>"
+            "</tr>" + "".join(rows) + "</table>")
+
+
+def _noise_section(headline: dict, diff: dict | None) -> str:
+    def value(name: str) -> Any:
+        return (headline.get(name) or {}).get("value")
+
+    replay = value("replay_exact_match_rate")
+    lines = []
+    if replay is None:
+        lines.append("<p class=muted>Production was not replayed (no noise floor): a difference counts as real when "
+                     "it exceeds the configured tolerances.</p>")
+    else:
+        lines.append(f"<p>Production replayed through the same path answered as captured on {_pct(replay)} of "
+                     f"records; it changed its own label on {_pct(value('replay_label_flip_rate'))}, its score by "
+                     f"{_short(value('replay_mean_abs_score_delta'))} on average. A score change up to "
+                     f"{_short(value('noise_score_band'))} is replay noise.</p>")
+    if diff:
+        lines.append(f"<p>The candidate differs from production beyond that noise on <b>{diff['beyond_noise']}</b> of "
+                     f"{diff['records']} records ({_pct(value('real_difference_rate'))}); real label flips: "
+                     f"{_pct(value('real_label_flip_rate'))}.</p>")
+    return "<h2>Noise floor</h2>" + "".join(lines)
+
+
+def _quality_section(headline: dict, statistics: dict, task: str | None) -> str:
+    names = [n for n in ("accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse") if n in headline]
+    if not names:
+        return "<h2>Quality against ground truth</h2><p class=muted>No ground truth joined.</p>"
+    confidence = statistics.get("confidence")
+    rows = "".join(
+        f"<tr><td>{_e(n)}</td><td class=num>{_e(_short(headline[n]['production']))}</td>"
+        f"<td class=num>{_e(_short(headline[n]['candidate']))}</td><td class=num>{_e(_short(headline[n]['delta']))}"
+        f"</td><td class=num>[{_e(_short(headline[n]['ci_low']))}, {_e(_short(headline[n]['ci_high']))}]</td>"
+        f"<td class=num>{headline[n]['support']}</td></tr>" for n in names)
+    mcnemar = (headline.get("mcnemar_p_value") or {})
+    note = (f"<p>McNemar's exact test on the {mcnemar.get('support')} records exactly one model got right: "
+            f"p = {_short(mcnemar.get('value'))}.</p>" if mcnemar.get("value") is not None else "")
+    level = f"{confidence:.0%} " if confidence else ""
+    return (f"<h2>Quality against ground truth ({_e(task or '')})</h2>"
+            f"<table><tr><th>metric</th><th>production</th><th>candidate</th><th>delta</th>"
+            f"<th>{level}interval of delta</th><th>records</th></tr>{rows}</table>"
+            + _interval_plot([(n, headline[n]["delta"], headline[n]["ci_low"], headline[n]["ci_high"])
+                              for n in names]) + note)
 
 
 def _headline_section(headline: dict) -> str:
@@ -242,6 +312,183 @@ def _quantile_strip(delta: dict[str, float | None]) -> str:
     svg.append(f'<text x="{left}" y="84">{_e(_short(low))}</text>')
     svg.append(f'<text x="{width - right}" y="84" text-anchor="end">{_e(_short(high))}</text></svg>')
     return "".join(svg)
+
+
+def _distribution_section(dist: dict) -> str:
+    if not dist:
+        return ""
+    return ("<h2>Scores: production vs candidate</h2>" + _scatter(dist["scatter"])
+            + "<h3>Score distributions</h3>" + _overlaid_histograms(dist)
+            + "<h3>Score delta histogram (candidate − production)</h3>"
+            + _histogram(dist["delta_edges"], dist["delta_counts"], "#1565c0", "score delta histogram"))
+
+
+def _diff_section(diff: dict | None) -> str:
+    if not diff:
+        return ""
+    crossings = "".join(f"<tr><td class=num>{_short(c['threshold'])}</td><td class=num>{c['up']}</td>"
+                        f"<td class=num>{c['down']}</td><td class=num>{c['crossed']}</td>"
+                        f"<td class=num>{c['scored']}</td></tr>" for c in diff["crossings"])
+    parts = [f"<h2>Typed diff</h2><p>{diff['exact']} of {diff['records']} records hash alike; {diff['tolerant']} "
+             f"match within tolerance; {diff['records_one_sided']} have output on one side only.</p>"]
+    if crossings:
+        parts.append("<h3>Threshold crossings</h3><table><tr><th>threshold</th><th>up (production below)</th>"
+                     f"<th>down (candidate below)</th><th>crossed</th><th>scored</th></tr>{crossings}</table>")
+    for side, key in (("production", "fields_only_production"), ("candidate", "fields_only_candidate")):
+        if diff[key]:
+            rows = "".join(f"<tr><td class=code>{_e(f)}</td><td class=num>{n}</td></tr>"
+                           for f, n in list(diff[key].items())[:20])
+            parts.append(f"<h3>Output fields only {side} has</h3><table><tr><th>field</th><th>records</th></tr>"
+                         f"{rows}</table>")
+    if diff["top_changes"]:
+        rows = "".join(
+            f'<tr class="{"flagged" if r["beyond_noise"] else ""}"><td class=code>{_e(r["record_id"])}</td>'
+            f'<td class=code>{_e(r["input_text"] or "")}</td><td class=code>{_e(r["production_raw"] or "")}</td>'
+            f'<td class=code>{_e(r["candidate_raw"] or "")}</td><td class=num>{_e(_short(r["score_delta"]))}</td>'
+            f'<td>{"yes" if r["beyond_noise"] else "no"}</td></tr>' for r in diff["top_changes"])
+        parts.append("<h3>Most changed records</h3><table><tr><th>record</th><th>input</th><th>production</th>"
+                     f"<th>candidate</th><th>score delta</th><th>beyond noise</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+_SLICE_COLUMNS = ("label_agreement", "accuracy", "mae", "mean_abs_score_delta", "real_difference_rate")
+
+
+def _slices_section(segments: list[dict], metrics: list[dict], checks: list[dict]) -> str:
+    if not segments:
+        return ""
+    by_slice: dict[str, dict[str, dict]] = {}
+    for m in metrics:
+        by_slice.setdefault(m["slice"], {})[m["name"]] = m
+    flagged: dict[str, list[str]] = {}
+    for c in checks:
+        for entry in c.get("slices", []):
+            if entry["flagged"]:
+                flagged.setdefault(entry["slice"], []).append(c["name"])
+    columns = [n for n in _SLICE_COLUMNS if any(n in values for values in by_slice.values())]
+    head = "".join(f"<th>{_e(n)}</th>" for n in columns)
+    rows = []
+    for seg in segments:
+        values = by_slice.get(seg["name"], {})
+        cells = "".join(f"<td class=num>{_e(_slice_cell(values.get(n)))}</td>" for n in columns)
+        note = ("flagged: " + ", ".join(flagged[seg["name"]]) if seg["name"] in flagged
+                else ("" if seg["compared"] else "too few records"))
+        css = "flagged" if seg["name"] in flagged else ("" if seg["compared"] else "muted")
+        rows.append(f'<tr class="{css}"><td>{_e(seg["name"])}</td><td class=num>{seg["support"]}</td>{cells}'
+                    f"<td>{_e(note)}</td></tr>")
+    return ("<h2>Slices</h2><p>Per-model metrics show candidate − production with its interval; flagged slices "
+            "credibly miss a slice check after Holm's correction.</p>"
+            f"<table><tr><th>slice</th><th>records</th>{head}<th>gate</th></tr>{''.join(rows)}</table>")
+
+
+def _slice_cell(metric: dict | None) -> str:
+    if metric is None:
+        return "—"
+    if metric.get("delta") is not None:
+        return f"{_short(metric['delta'])} [{_short(metric['ci_low'])}, {_short(metric['ci_high'])}]"
+    return _short(metric["value"])
+
+
+def _statistics_note(statistics: dict) -> str:
+    if not statistics:
+        return ""
+    return (f"<p class=muted>Intervals: {_short(statistics.get('confidence'))} two-sided; per-model deltas and "
+            f"score statistics by paired bootstrap ({statistics.get('bootstrap_resamples')} resamples, seed "
+            f"{statistics.get('seed')}), shares by Wilson score. Slices with fewer than "
+            f"{statistics.get('min_slice_support')} records are not compared.</p>")
+
+
+def _scatter(points: list[list[float]]) -> str:
+    if not points:
+        return ""
+    size, pad = 360, 36
+    values = [v for point in points for v in point]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+
+    def at(v: float) -> float:
+        return round(pad + (v - low) / span * (size - 2 * pad), 1)
+
+    svg = [f'<svg width="{size}" height="{size}" role="img" aria-label="production vs candidate scores">',
+           f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" fill="none" stroke="#ccc"/>',
+           f'<line x1="{at(low)}" y1="{size - at(low)}" x2="{at(high)}" y2="{size - at(high)}" stroke="#999" '
+           'stroke-dasharray="4,3"/>']
+    svg += [f'<circle cx="{at(p)}" cy="{round(size - at(c), 1)}" r="2" fill="rgba(21,101,192,.5)"/>'
+            for p, c in points]
+    svg.append(f'<text x="{size / 2}" y="{size - 6}" text-anchor="middle">production score</text>'
+               f'<text x="12" y="{size / 2}" transform="rotate(-90 12 {size / 2})" text-anchor="middle">'
+               'candidate score</text>'
+               f'<text x="{pad}" y="{size - pad + 14}">{_e(_short(low))}</text>'
+               f'<text x="{size - pad}" y="{size - pad + 14}" text-anchor="end">{_e(_short(high))}</text></svg>')
+    return "".join(svg)
+
+
+def _histogram(edges: list[float], counts: list[int], colour: str, label: str) -> str:
+    if not counts:
+        return ""
+    width, height, pad = 640, 150, 24
+    peak = max(counts) or 1
+    bar = (width - 2 * pad) / len(counts)
+    svg = [f'<svg width="{width}" height="{height + 20}" role="img" aria-label="{_e(label)}">']
+    for i, n in enumerate(counts):
+        h = (height - pad) * n / peak
+        svg.append(f'<rect x="{pad + i * bar:.1f}" y="{height - h:.1f}" width="{max(bar - 1, 1):.1f}" '
+                   f'height="{h:.1f}" fill="{colour}"><title>[{_short(edges[i])}, {_short(edges[i + 1])}): {n}'
+                   "</title></rect>")
+    svg.append(f'<text x="{pad}" y="{height + 14}">{_e(_short(edges[0]))}</text>'
+               f'<text x="{width - pad}" y="{height + 14}" text-anchor="end">{_e(_short(edges[-1]))}</text></svg>')
+    return "".join(svg)
+
+
+def _overlaid_histograms(dist: dict) -> str:
+    edges, production, candidate = dist["score_edges"], dist["production_counts"], dist["candidate_counts"]
+    width, height, pad = 640, 150, 24
+    peak = max(production + candidate) or 1
+    bar = (width - 2 * pad) / len(production)
+    svg = [f'<svg width="{width}" height="{height + 20}" role="img" aria-label="score distributions">']
+    for i, (p, c) in enumerate(zip(production, candidate)):
+        for offset, n, colour in ((0, p, "#ef6c00"), (bar / 2, c, "#1565c0")):
+            h = (height - pad) * n / peak
+            svg.append(f'<rect x="{pad + i * bar + offset:.1f}" y="{height - h:.1f}" width="{max(bar / 2 - 1, 1):.1f}" '
+                       f'height="{h:.1f}" fill="{colour}"><title>{"production" if offset == 0 else "candidate"} '
+                       f"[{_short(edges[i])}, {_short(edges[i + 1])}): {n}</title></rect>")
+    svg.append(f'<text x="{pad}" y="{height + 14}">{_e(_short(edges[0]))}</text>'
+               f'<text x="{width - pad}" y="{height + 14}" text-anchor="end">{_e(_short(edges[-1]))}</text></svg>')
+    legend = ('<div class="legend"><span><i class="swatch" style="background:#ef6c00"></i>production</span>'
+              '<span><i class="swatch" style="background:#1565c0"></i>candidate</span></div>')
+    return legend + "".join(svg)
+
+
+def _interval_plot(rows: list[tuple[str, float | None, float | None, float | None]]) -> str:
+    """Each delta as a point with its interval, zero marked: a forest plot."""
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return ""
+    values = [v for _, d, lo, hi in rows for v in (d, lo, hi) if v is not None] + [0.0]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    width, left, right, row = 640, 90, 20, 22
+
+    def x(v: float) -> float:
+        return round(left + (v - low) / span * (width - left - right), 1)
+
+    svg = [f'<svg width="{width}" height="{row * len(rows) + 24}" role="img" aria-label="deltas with intervals">',
+           f'<line x1="{x(0)}" y1="0" x2="{x(0)}" y2="{row * len(rows)}" stroke="#999" stroke-dasharray="3,3"/>']
+    for i, (name, d, lo, hi) in enumerate(rows):
+        y = i * row + row / 2
+        svg.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{_e(name)}</text>')
+        if lo is not None and hi is not None:
+            svg.append(f'<line x1="{x(lo)}" y1="{y}" x2="{x(hi)}" y2="{y}" stroke="#1565c0" stroke-width="2"/>')
+        svg.append(f'<circle cx="{x(d)}" cy="{y}" r="3.5" fill="#0d47a1"><title>{_e(name)} delta {_short(d)}'
+                   f"</title></circle>")
+    svg.append(f'<text x="{left}" y="{row * len(rows) + 16}">{_e(_short(low))}</text>'
+               f'<text x="{width - right}" y="{row * len(rows) + 16}" text-anchor="end">{_e(_short(high))}</text>'
+               "</svg>")
+    return "".join(svg)
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{value:.2%}"
 
 
 def _stacked_bar(segments: list[tuple[str, int, str]], total: int) -> str:

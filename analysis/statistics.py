@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 # Bootstrap resamples are drawn in blocks of at most this many indices, to bound memory.
-_BLOCK = 4_000_000
+_BLOCK = 1_000_000
 PSI_FLOOR = 1e-4
 """An empty bin counts as this share in PSI, so one empty bin does not make PSI infinite."""
 
@@ -31,7 +31,8 @@ class Interval:
 def bootstrap_means(columns: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """Column means of `resamples` paired resamples of the rows: shape (resamples, columns).
 
-    Rows are records; resampling whole rows keeps production and candidate paired.
+    Rows are records; resampling whole rows keeps production and candidate paired. Each resample
+    is drawn as row indices, turned into row counts, and the means are counts @ columns / rows.
     """
     columns = np.asarray(columns, dtype=float)
     if columns.ndim == 1:
@@ -42,8 +43,10 @@ def bootstrap_means(columns: np.ndarray, resamples: int, seed: int) -> np.ndarra
     block = max(1, _BLOCK // max(rows, 1))
     for start in range(0, resamples, block):
         stop = min(start + block, resamples)
-        picks = rng.integers(0, rows, size=(stop - start, rows))
-        out[start:stop] = columns[picks].mean(axis=1)
+        size = stop - start
+        picks = rng.integers(0, rows, size=(size, rows)) + rows * np.arange(size)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=size * rows).reshape(size, rows)
+        out[start:stop] = counts @ columns / rows
     return out
 
 

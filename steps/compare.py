@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 
@@ -18,17 +20,29 @@ _COLUMNS = [
     "production_label", "candidate_label", "production_replay_label",
     "production_hash", "candidate_hash", "exact_match", "tolerant_match", "label_match",
     "score_abs_diff", "noise_abs_diff", "ground_truth_label",
+    # slices (hour, features, custom attributes) and the top changed records with their inputs
+    "custom_attributes", "input_text",
 ]
 
 
 def run(config: Config, run_dir: Path) -> Comparison:
-    """Every declared statistic over the run's joined records."""
+    """Every declared statistic over the run's joined records, for the whole run and each slice."""
     return paired.compare(join.load_joined(run_dir, _COLUMNS), config.compare, config.compare.task)
 
 
 def metrics_frame(comparison: Comparison, decision: Decision, run_id: str) -> pd.DataFrame:
-    """One shadow_metrics row per metric and slice, with the gate's threshold where a check used it."""
-    checks = {(c.metric, "all"): c for c in decision.checks}
+    """One shadow_metrics row per metric and slice, with the gate's threshold where a check used it.
+
+    A slice check marks each slice it judged: passed is false where the slice was flagged.
+    """
+    checks: dict[tuple[str, str], Any] = {}
+    for c in decision.checks:
+        if c.slices:
+            for entry in c.slices:
+                verdict = SimpleNamespace(threshold=c.threshold, passed=not entry["flagged"])
+                checks.setdefault((c.metric, entry["slice"]), verdict)
+        else:
+            checks.setdefault((c.metric, "all"), c)
     rows = []
     for metric in comparison.metrics:
         check = checks.get((metric.name, metric.slice))

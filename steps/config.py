@@ -95,6 +95,37 @@ class GroundTruthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SliceConfig:
+    """One way to cut the records into segments, each compared on its own (so a bad one cannot hide)."""
+
+    name: str
+    """Shown in slice names: `<name>=<value>`."""
+    by: Literal["hour", "feature", "attribute"] = "feature"
+    """hour: the UTC inference hour; feature: a value of the input record; attribute: a CustomAttributes key."""
+    column: int | None = None
+    """feature, CSV input: 0-based column of the record."""
+    path: str | None = None
+    """feature, JSON input: JMESPath from the record to the value."""
+    bins: tuple[float, ...] = ()
+    """Ascending bin edges for a numeric value ([a, b) bins, open-ended at both ends); empty: one slice per value."""
+    key: str | None = None
+    """attribute: the key in the call's CustomAttributes (JSON object, or `k=v` pairs split by ; or ,)."""
+
+    def __post_init__(self):
+        where = f"compare.slices[{self.name}]"
+        if self.by == "feature" and (self.column is None) == (self.path is None):
+            raise ConfigError("<config>", where, "a feature slice needs exactly one of column (CSV) or path (JSON)")
+        if self.by == "attribute" and not self.key:
+            raise ConfigError("<config>", where, "an attribute slice needs key")
+        if self.by != "feature" and (self.column is not None or self.path or self.bins):
+            raise ConfigError("<config>", where, "column, path and bins apply to feature slices only")
+        if self.column is not None and self.column < 0:
+            raise ConfigError("<config>", f"{where}.column", "must be 0 or more")
+        if list(self.bins) != sorted(set(self.bins)):
+            raise ConfigError("<config>", f"{where}.bins", "must be strictly ascending")
+
+
+@dataclasses.dataclass(frozen=True)
 class CompareConfig:
     decimals: int = 6
     """Numbers are rounded to this many significant decimals before hashing."""
@@ -102,6 +133,25 @@ class CompareConfig:
     rel_tolerance: float = 1e-4
     task: Literal["auto", "classification", "regression"] = "auto"
     """Which quality metrics ground truth feeds; auto: classification when labels look like classes."""
+    positive_label: str | None = None
+    """Binary classification: the positive class (scores are its probability); None: `1` if seen, else the last label."""
+    bootstrap_resamples: int = 1000
+    """Paired bootstrap resamples behind every interval; 0 computes no intervals."""
+    confidence: float = 0.95
+    """Two-sided confidence of every interval."""
+    seed: int = 20250301
+    """Seed of the bootstrap, so a re-judged run gets the same intervals."""
+    thresholds: tuple[float, ...] = (0.5,)
+    """Decision thresholds on the score: records whose score crosses one are counted, by direction."""
+    noise_quantile: float = 0.99
+    """A score change within this quantile of |replayed - captured production| counts as replay noise."""
+    psi_bins: int = 10
+    """Quantile bins of the production scores for PSI."""
+    top_changes: int = 20
+    """How many of the most changed records the report lists with their inputs."""
+    slices: tuple[SliceConfig, ...] = (SliceConfig(name="hour", by="hour"),)
+    min_slice_support: int = 30
+    """A slice with fewer records is listed but gets no statistics (and is never gated)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +164,12 @@ class GateCheck:
     """Judge candidate - production instead of the candidate's value."""
     severity: Severity = "critical"
     name: str | None = None
+    judge_on: Literal["point", "interval"] = "point"
+    """interval: the bound of the confidence interval must clear the threshold (lower for at_least, upper for
+    at_most); a non-inferiority check is `relative_to_production` + `judge_on: interval` + threshold -margin."""
+    slices: bool = False
+    """Also judge every slice with enough support; a slice fails when it is credibly on the wrong side of the
+    threshold after Holm's correction over the slices at gate.slice_alpha."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +178,8 @@ class GateConfig:
     min_coverage: float = 0.99
     """Joined / captured records below this never approves."""
     checks: tuple[GateCheck, ...] = ()
+    slice_alpha: float = 0.05
+    """Family-wise error rate of a slice check across its slices (Holm)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +268,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "compare.rel_tolerance": (0, float("inf")),
     "gate.min_records": (0, float("inf")),
     "gate.min_coverage": (0, 1),
+    "gate.slice_alpha": (1e-6, 0.5),
+    "compare.bootstrap_resamples": (0, 100_000),
+    "compare.confidence": (0.5, 0.9999),
+    "compare.noise_quantile": (0.5, 1),
+    "compare.psi_bins": (2, 100),
+    "compare.top_changes": (0, 1000),
+    "compare.min_slice_support": (1, float("inf")),
     "output.label_threshold": (0, 1),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -128,6 +129,14 @@ def run(config: Config, run_dir: str | Path) -> JoinResult:
     if not accounting.balanced:
         raise RuntimeError(f"join lost records: {accounting}")
     counts = dataclasses.replace(truth, matched=matched)
+    (out / "summary.json").write_text(json.dumps({
+        "captured": accounting.captured, "joined": joined, "quarantined": quarantined_total,
+        "by_reason": accounting.by_reason, "ground_truth": dataclasses.asdict(counts),
+        "input_text": config.tables.input_text}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if counts.unknown or counts.duplicates or counts.invalid:
+        log.warning("join: ground truth has %d labels for records not captured in the window, %d sent again for "
+                    "the same record (the last read wins) and %d lines that do not parse", counts.unknown,
+                    counts.duplicates, counts.invalid)
     log.info("join: %d captured = %d joined + %d quarantined %s; ground truth %s",
              accounting.captured, joined, quarantined_total, accounting.by_reason, counts)
     return JoinResult(run_id=run_id, accounting=accounting, records_dir=out / "records",
@@ -154,7 +163,7 @@ class _Side:
         self.instances_path = config.capture.instances_path
         summary = run_dir / "replay" / f"{side}.json"
         self.present = summary.exists() or self.root.exists()
-        failed = json.loads(summary.read_text(encoding="utf-8")).get("files_failed", []) if summary.exists() else []
+        failed = _failed_files(json.loads(summary.read_text(encoding="utf-8"))) if summary.exists() else []
         self.failed = {str(item["file"]): f"{item.get('reason', 'failed')}: {item.get('detail', '')}".rstrip(": ")
                        for item in failed}
         self._outs: dict[str, list[str] | _Problem | bytes] = {}
@@ -277,6 +286,14 @@ class _Side:
         return (self.plan.get(group) or {}).get("accept")
 
 
+def _failed_files(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """files_failed of replay/<side>.json: one transform result, or one per plan group (as the runner writes)."""
+    if "files_failed" in summary:
+        return list(summary["files_failed"])
+    return [item for result in summary.values() if isinstance(result, dict)
+            for item in result.get("files_failed", [])]
+
+
 def _join_part(rows: list[dict[str, Any]], labels: list[str | None], duplicates: dict[tuple, str],
                candidate: _Side, production: _Side, config: Config, run_id: str) -> tuple[list[dict], list[dict]]:
     candidate_answers = candidate.answers(rows)
@@ -316,8 +333,8 @@ def _record_row(row: dict[str, Any], production: ParsedOutput, candidate: Parsed
     return {
         "run_id": run_id,
         **{key: row[key] for key in ("record_id", "event_id", "record_index", "inference_id", "inference_time",
-                                     "custom_attributes", "endpoint", "variant", "capture_file", "capture_line",
-                                     "input_text")},
+                                     "custom_attributes", "endpoint", "variant", "capture_file", "capture_line")},
+        "input_text": stored_input_text(row["input_text"], config.tables.input_text),
         "production_raw": production.raw, "candidate_raw": candidate.raw,
         "production_replay_raw": replayed.raw if replayed else None,
         "production_score": production.score, "candidate_score": candidate.score,
@@ -332,6 +349,15 @@ def _record_row(row: dict[str, Any], production: ParsedOutput, candidate: Parsed
         "noise_abs_diff": _abs_diff(production.score, replayed.score if replayed else None),
         "ground_truth_label": label,
     }
+
+
+def stored_input_text(text: str | None, policy: str) -> str | None:
+    """What shadow_records keeps of a captured input (tables.input_text): it, `sha256:<hex>` of it, or nothing."""
+    if text is None or policy == "drop":
+        return None
+    if policy == "hash":
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text
 
 
 def _quarantine_row(row: dict[str, Any], code: str, detail: str, run_id: str) -> dict[str, Any]:

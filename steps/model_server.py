@@ -33,6 +33,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import traceback
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -234,7 +235,10 @@ class InvocationHandler(BaseHTTPRequestHandler):
         try:
             answer, answer_type = self.server.invoke(body, content_type, accept)
         except Exception as exc:  # noqa: BLE001 - the contract turns any model error into a 500
-            log.exception("invocation failed (%s -> %s, %d bytes)", content_type, accept, len(body))
+            # The message can quote the payload (personal data): the log gets the type and where it was raised.
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            log.error("invocation failed (%s -> %s, %d bytes): %s at %s", content_type, accept, len(body),
+                      type(exc).__name__, f"{Path(frame.filename).name}:{frame.lineno}" if frame else "?")
             self._reply(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
             return
         self._reply(200, answer, answer_type)

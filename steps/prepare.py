@@ -40,7 +40,7 @@ RECORDS_SCHEMA = pa.schema([
     ("output_text", pa.string()),
 ])
 QUARANTINE_SCHEMA = pa.schema([
-    ("record_id", pa.string()), ("event_id", pa.string()), ("capture_file", pa.string()),
+    ("run_id", pa.string()), ("record_id", pa.string()), ("event_id", pa.string()), ("capture_file", pa.string()),
     ("capture_line", pa.int32()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
 ])
 
@@ -81,8 +81,12 @@ def run(config: Config, run_dir: str | Path) -> PrepareResult:
     splitter = _Splitter.from_config(config)
     for number, file in enumerate(listing.files):
         records, quarantine = _prepare_file(file, window, splitter, out / "replay-input", tally)
+        for row in quarantine:  # shadow_quarantine takes these parts as they are, beside join's
+            row["run_id"] = Path(run_dir).name
         _write_part(records, RECORDS_SCHEMA, out / "records" / f"{number:05d}.parquet")
         _write_part(quarantine, QUARANTINE_SCHEMA, out / "quarantine" / f"{number:05d}.parquet")
+    # The runner writes replay/<side>.json even when no group has a file to replay.
+    (Path(run_dir) / "replay").mkdir(exist_ok=True)
     if not listing.files:  # readers glob the parts; give them a schema to read
         _write_part([], RECORDS_SCHEMA, out / "records" / "00000.parquet")
         _write_part([], QUARANTINE_SCHEMA, out / "quarantine" / "00000.parquet")
@@ -94,6 +98,12 @@ def run(config: Config, run_dir: str | Path) -> PrepareResult:
         out_of_window=tally.out_of_window, groups=groups, misfits=tuple(m.relative for m in listing.misfits))
     log.info("prepare: %d files, %d calls, %d records = %d prepared + %d quarantined, %d calls out of window",
              result.files, result.calls, result.records, result.prepared, result.quarantined, result.out_of_window)
+    if not result.records:
+        log.warning("prepare: no captured record in the window (%d files read under %s for endpoint %s, variant %s, "
+                    "window %s to %s, %d calls outside it); check capture.root, capture.endpoint, capture.variant "
+                    "and the window", result.files, capture.root, capture.endpoint or "any",
+                    capture.variant or "any", _when(capture.window_start), _when(capture.window_end),
+                    result.out_of_window)
     return result
 
 
@@ -291,6 +301,10 @@ def _quarantined(record_id: str, event_id: str | None, line: CaptureLine, code: 
 
 def _too_large(size: int, splitter: _Splitter) -> str:
     return f"the replay unit is {size} bytes, over MaxPayloadInMB ({splitter.max_unit_bytes} bytes)"
+
+
+def _when(moment) -> str:
+    return moment.isoformat().replace("+00:00", "Z") if moment else "open"
 
 
 def _csv_field(value: str) -> str:

@@ -16,9 +16,14 @@ log = logging.getLogger(__name__)
 
 def run(run_dir: str | Path, run_info: dict, accounting: Accounting, comparison: Comparison,
         decision: Decision) -> dict[str, Path]:
-    """Write the three report files; returns their paths by file name."""
+    """Write the three report files; returns their paths by file name.
+
+    run_info["report_uri"], when given (the S3 location a cloud job uploads to), is where the report
+    says it lives; otherwise the local report.html.
+    """
     folder = Path(run_dir) / "report"
-    report = build_report({**run_info, "report_uri": str(folder / "report.html")}, accounting, comparison, decision)
+    location = run_info.get("report_uri") or str(folder / "report.html")
+    report = build_report({**run_info, "report_uri": location}, accounting, comparison, decision)
     contents = {
         "report.json": json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
         "summary.md": summary_markdown(report),

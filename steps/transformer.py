@@ -5,14 +5,17 @@ Records keep their order within a file. Up to MaxConcurrentTransforms requests a
 once, across mini-batches and files, and responses are reassembled in order. A failed invocation
 (non-200, timeout, connection error) is retried up to InvocationsMaxRetries times; a file with a
 record that still fails gets no `.out` at all and is reported with a reason, as in SageMaker.
-Files whose `.out` already exists are skipped when resuming: the `.out` is the checkpoint, and it is
-only ever written complete (temporary name, then an atomic rename).
+Work is checkpointed per file: a `.out` is only ever written complete (temporary name, then an atomic
+rename), followed by `X.out.input-sha256`, the digest of the input it answers. Resuming skips a file
+only when both exist and the digest matches the input as it is now; a `.out` without its digest
+(interrupted between the two writes, or left by hand) or for another input is done again.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import http.client
 import json
 import logging
@@ -35,6 +38,7 @@ INVOCATION_FAILURES: dict[str, str] = {
     "http_<status>": "the container answered with a non-200 status on every attempt",
     "timeout": "the container did not answer within InvocationsTimeoutInSeconds on every attempt",
     "connection_error": "the container could not be reached on every attempt",
+    "truncated_response": "the container's answer ended before its Content-Length on every attempt",
     "unreadable_input": "the input file could not be read",
 }
 FAILURE_REASONS = {**INVOCATION_FAILURES, **RECORD_FAILURES}
@@ -201,17 +205,23 @@ def transform(input_dir: str | Path, output_dir: str | Path, endpoint_url: str, 
         backlog_limit = max(8 * parameters.max_concurrent_transforms, 64)
         for relative in files:
             out = output_dir / f"{relative}.out"
-            if resume and out.exists():
-                log.debug("%s: .out exists, skipped", relative)
+            try:
+                data = (input_dir / relative).read_bytes()
+            except OSError as exc:
+                failed.append(_fail(relative, out, *_reason(exc)))
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if resume and _checkpointed(out, digest):
+                log.debug("%s: .out exists for this input, skipped", relative)
                 done.append(relative)
                 continue
             try:
-                plan = plan_requests((input_dir / relative).read_bytes(), settings)
-            except (DataProcessingError, OSError) as exc:
+                plan = plan_requests(data, settings)
+            except DataProcessingError as exc:
                 failed.append(_fail(relative, out, *_reason(exc)))
                 continue
             futures = [pool.submit(invoker.invoke, relative, batch) for batch in plan.batches]
-            pending.append(_FileWork(relative, out, plan, futures))
+            pending.append(_FileWork(relative, out, plan, futures, digest))
             while pending and (pending[0].ready() or sum(len(w.futures) for w in pending) > backlog_limit):
                 _finish(pending.popleft(), settings, done, failed)
         while pending:
@@ -301,9 +311,14 @@ class _Invoker:
                 failure = (f"http_{status}", f"{where}: HTTP {status}: {body[:300].decode('utf-8', 'replace').strip()}")
             except TimeoutError:
                 failure = ("timeout", f"{where}: no answer within {self.container.timeout_s:g} s")
+            except http.client.IncompleteRead as exc:
+                failure = ("truncated_response", f"{where}: the answer stopped after {len(exc.partial)} bytes, "
+                                                 f"{exc.expected} more were announced")
             except (OSError, http.client.HTTPException) as exc:
                 failure = ("connection_error", f"{where}: {type(exc).__name__}: {exc}")
-            log.warning("%s: attempt %d of %d failed: %s", relative, attempt + 1, self.max_retries + 1, failure[1])
+            # The detail (kept in the result) may quote the container's answer; the log names only the failure.
+            log.warning("%s: %s: attempt %d of %d failed: %s", relative, where, attempt + 1, self.max_retries + 1,
+                        failure[0])
             if attempt < self.max_retries:
                 time.sleep(min(0.05 * 2 ** attempt, 1.0))
         raise InvocationError(*failure)
@@ -315,6 +330,8 @@ class _FileWork:
     out: Path
     plan: FilePlan
     futures: list[concurrent.futures.Future]
+    digest: str
+    """sha256 of the input file, written beside the .out as its checkpoint."""
 
     def ready(self) -> bool:
         return all(future.done() for future in self.futures)
@@ -326,6 +343,7 @@ def _finish(work: _FileWork, settings: TransformSettings, done: list[str], faile
         responses = [future.result() for future in work.futures]
         data = assemble_output(work.plan, responses, settings)
         _write_atomically(work.out, data)
+        _write_atomically(checkpoint_path(work.out), work.digest.encode("ascii"))
     except (InvocationError, DataProcessingError, OSError) as exc:
         for future in work.futures:
             future.cancel()  # the file has failed; do not spend calls on the rest of it
@@ -343,8 +361,26 @@ def _reason(exc: Exception) -> tuple[str, str]:
 def _fail(relative: str, out: Path, reason: str, detail: str) -> FileFailure:
     # A .out left by an earlier run would be mistaken for this run's answer.
     out.unlink(missing_ok=True)
-    log.error("%s failed (%s): %s", relative, reason, detail)
+    checkpoint_path(out).unlink(missing_ok=True)
+    log.error("%s failed (%s); the detail is in the transform result", relative, reason)
     return FileFailure(relative, reason, detail)
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where the digest of the input a .out answers is kept."""
+    return out.with_name(out.name + ".input-sha256")
+
+
+def _checkpointed(out: Path, digest: str) -> bool:
+    """Whether out is a complete answer to the input with this digest; a stale .out is removed."""
+    marker = checkpoint_path(out)
+    if out.exists() and marker.exists() and marker.read_text(encoding="ascii").strip() == digest:
+        return True
+    if out.exists():
+        log.info("%s: no checkpoint for the current input; transforming it again", out.name)
+        out.unlink()
+    marker.unlink(missing_ok=True)
+    return False
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -8,22 +8,26 @@ from hypothesis import given, settings, strategies as st
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, mean_absolute_error, \
     root_mean_squared_error
 
+from scipy import stats as scipy_stats
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
 from analysis.compare import METRICS, SCORE_DELTA_STATS, compare, flip_matrix, score_delta
 from steps.config import CompareConfig
 
-CONFIG = CompareConfig()
+CONFIG = CompareConfig(bootstrap_resamples=200, slices=())
 RNG = np.random.default_rng(7)
 
 
 def joined(production_label=None, candidate_label=None, production_score=None, candidate_score=None,
            truth=None, production_hash=None, candidate_hash=None, tolerant=None, replay_raw=None,
-           production_raw=None, replay_score=None, n=None) -> pd.DataFrame:
+           production_raw=None, replay_score=None, replay_label=None, candidate_raw=None, n=None) -> pd.DataFrame:
     """A shadow_records-shaped frame; unspecified columns are null (hashes default to equal)."""
     columns = {"production_label": production_label, "candidate_label": candidate_label,
                "production_score": production_score, "candidate_score": candidate_score,
                "ground_truth_label": truth, "production_hash": production_hash, "candidate_hash": candidate_hash,
                "tolerant_match": tolerant, "production_replay_raw": replay_raw, "production_raw": production_raw,
-               "production_replay_score": replay_score}
+               "production_replay_score": replay_score, "production_replay_label": replay_label,
+               "candidate_raw": candidate_raw}
     n = n or max(len(v) for v in columns.values() if v is not None)
     frame = pd.DataFrame({name: pd.Series(values if values is not None else [None] * n, dtype=object)
                           for name, values in columns.items()})
@@ -45,6 +49,27 @@ true_values = RNG.normal(10, 3, 50)
 REGRESSION = joined(production_score=true_values + RNG.normal(0, 1, 50),
                     candidate_score=true_values + RNG.normal(0, 0.5, 50),
                     truth=[f"{v:.6f}" for v in true_values])
+
+
+binary_truth = (RNG.random(300) < 0.4).astype(int)
+binary_p_score = np.clip(binary_truth * 0.35 + RNG.random(300) * 0.65, 0, 1)
+binary_c_score = np.clip(binary_p_score + RNG.normal(0, 0.1, 300), 0, 1)
+BINARY = joined(production_score=binary_p_score, candidate_score=binary_c_score,
+                production_label=[str(int(s >= 0.5)) for s in binary_p_score],
+                candidate_label=[str(int(s >= 0.5)) for s in binary_c_score],
+                truth=[str(t) for t in binary_truth])
+BINARY_P = [int(s >= 0.5) for s in binary_p_score]
+BINARY_C = [int(s >= 0.5) for s in binary_c_score]
+
+
+def _sk(metric, **kw):
+    """(production, candidate) per scikit-learn on BINARY."""
+    return metric(binary_truth, BINARY_P, **kw), metric(binary_truth, BINARY_C, **kw)
+
+
+def _macro(metric):
+    return (metric(truth_labels, production_labels, average="macro", zero_division=0),
+            metric(truth_labels, candidate_labels, average="macro", zero_division=0))
 
 
 def value(comparison, name):
@@ -86,7 +111,70 @@ CASES = {
     "replay_mean_abs_score_delta": lambda: value(compare(joined(
         production_score=[0.5, 0.2, 0.9], replay_score=[0.5, 0.3, None], replay_raw=["a", "b", "c"]), CONFIG),
         "replay_mean_abs_score_delta") == pytest.approx(0.05),
+    "score_within_abs_tolerance_rate": lambda: value(compare(joined(
+        production_score=[0.5, 0.5, 0.5, None], candidate_score=[0.5, 0.5000001, 0.6, 0.1]), CONFIG),
+        "score_within_abs_tolerance_rate") == pytest.approx(2 / 3),
+    "score_within_rel_tolerance_rate": lambda: value(compare(joined(
+        production_score=[100.0, 100.0, 1.0], candidate_score=[100.005, 100.02, 1.00001]), CONFIG),
+        "score_within_rel_tolerance_rate") == pytest.approx(2 / 3),
+    "threshold_crossing_rate": lambda: value(compare(joined(
+        production_score=[0.4, 0.6, 0.2, 0.5], candidate_score=[0.6, 0.4, 0.3, 0.5]), CONFIG),
+        "threshold_crossing_rate") == 0.5,
+    "one_sided_output_rate": lambda: value(compare(joined(
+        production_raw=['{"score":1,"label":"a"}', '{"score":1}', "0.5,1"],
+        candidate_raw=['{"score":1}', '{"score":2}', "0.5,1,extra"]), CONFIG), "one_sided_output_rate") == 2 / 3,
+    "mean_score_delta": lambda: math.isclose(value(compare(LABELLED, CONFIG), "mean_score_delta"),
+                                             float(np.mean(candidate_scores - production_scores))),
+    "p95_abs_score_delta": lambda: math.isclose(value(compare(LABELLED, CONFIG), "p95_abs_score_delta"),
+                                                np.quantile(np.abs(candidate_scores - production_scores), 0.95)),
+    "score_psi": lambda: math.isclose(value(compare(LABELLED, CONFIG), "score_psi"), _psi_oracle(
+        production_scores, candidate_scores), rel_tol=1e-9),
+    "score_ks": lambda: math.isclose(value(compare(LABELLED, CONFIG), "score_ks"),
+                                     scipy_stats.ks_2samp(production_scores, candidate_scores).statistic),
+    "score_ks_p_value": lambda: math.isclose(value(compare(LABELLED, CONFIG), "score_ks_p_value"),
+                                             scipy_stats.ks_2samp(production_scores, candidate_scores,
+                                                                  method="asymp").pvalue, abs_tol=0.02),
+    "real_difference_rate": lambda: value(compare(joined(
+        production_score=[0.5, 0.5, 0.5, 0.5], candidate_score=[0.5005, 0.6, 0.5, 0.5],
+        production_hash=["a", "b", "c", "d"], candidate_hash=["x", "y", "c", "z"],
+        replay_raw=["r"] * 4, replay_score=[0.501, 0.5, 0.5, 0.5]), CONFIG), "real_difference_rate") == 0.25,
+    "real_label_flip_rate": lambda: value(compare(joined(
+        production_label=["1", "1", "0", "0"], candidate_label=["0", "0", "0", "1"],
+        replay_label=["0", "1", "0", None], replay_raw=["r", "r", "r", None]), CONFIG),
+        "real_label_flip_rate") == 0.5,
+    "replay_label_flip_rate": lambda: value(compare(joined(
+        production_label=["1", "1", "0", "0"], candidate_label=["1", "1", "0", "0"],
+        replay_label=["0", "1", "0", None], replay_raw=["r", "r", "r", None]), CONFIG),
+        "replay_label_flip_rate") == pytest.approx(1 / 3),
+    "noise_score_band": lambda: value(compare(joined(
+        production_score=[0.5] * 5, candidate_score=[0.5] * 5, replay_raw=["r"] * 5,
+        replay_score=[0.5, 0.51, 0.52, 0.53, 0.54]), CompareConfig(noise_quantile=0.5, slices=())),
+        "noise_score_band") == pytest.approx(0.02),
+    "precision": lambda: _per_model(compare(BINARY, CONFIG).metric("precision"), *_sk(precision_score))
+    and _per_model(compare(LABELLED, CONFIG).metric("precision"), *_macro(precision_score)),
+    "recall": lambda: _per_model(compare(BINARY, CONFIG).metric("recall"), *_sk(recall_score))
+    and _per_model(compare(LABELLED, CONFIG).metric("recall"), *_macro(recall_score)),
+    "f1": lambda: _per_model(compare(BINARY, CONFIG).metric("f1"), *_sk(f1_score))
+    and _per_model(compare(LABELLED, CONFIG).metric("f1"), *_macro(f1_score)),
+    "roc_auc": lambda: _per_model(compare(BINARY, CONFIG).metric("roc_auc"),
+                                  roc_auc_score(binary_truth, binary_p_score),
+                                  roc_auc_score(binary_truth, binary_c_score)),
+    "mcnemar_p_value": lambda: math.isclose(value(compare(BINARY, CONFIG), "mcnemar_p_value"), _mcnemar_oracle()),
 }
+
+
+def _psi_oracle(expected, actual):
+    edges = np.quantile(expected, np.linspace(0, 1, 11)[1:-1])
+    e = np.maximum(np.histogram(expected, np.r_[-np.inf, edges, np.inf])[0] / len(expected), 1e-4)
+    a = np.maximum(np.histogram(actual, np.r_[-np.inf, edges, np.inf])[0] / len(actual), 1e-4)
+    return scipy_stats.entropy(a, e) + scipy_stats.entropy(e, a)
+
+
+def _mcnemar_oracle():
+    p_right = np.array(BINARY_P) == binary_truth
+    c_right = np.array(BINARY_C) == binary_truth
+    b, c = int(np.sum(p_right & ~c_right)), int(np.sum(~p_right & c_right))
+    return scipy_stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
 
 
 def _per_model(metric, production, candidate, rel=1e-9):
@@ -183,3 +271,37 @@ def test_a_model_compared_with_itself_agrees_fully(labels):
     result = compare(joined(production_label=labels, candidate_label=labels), CONFIG)
     assert value(result, "label_agreement") == 1.0 and value(result, "label_flip_rate") == 0.0
     assert value(result, "exact_match_rate") == 1.0
+
+
+def test_per_model_deltas_carry_a_paired_bootstrap_interval_that_covers_them():
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "mean_score"):
+        metric = compare(BINARY, CONFIG).metric(name)
+        assert metric.ci_low <= metric.delta <= metric.ci_high, name
+    for name in ("mae", "rmse"):
+        metric = compare(REGRESSION, CONFIG).metric(name)
+        assert metric.ci_low <= metric.delta <= metric.ci_high, name
+
+
+def test_intervals_are_seeded_so_a_run_rejudged_gets_the_same_ones():
+    first, again = compare(BINARY, CONFIG).metric("accuracy"), compare(BINARY, CONFIG).metric("accuracy")
+    assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
+    other = compare(BINARY, CompareConfig(bootstrap_resamples=200, slices=(), seed=1)).metric("accuracy")
+    assert (other.ci_low, other.ci_high) != (first.ci_low, first.ci_high)
+
+
+def test_no_resamples_means_no_intervals():
+    metric = compare(BINARY, CompareConfig(bootstrap_resamples=0, slices=())).metric("accuracy")
+    assert metric.delta is not None and metric.ci_low is None and metric.ci_high is None
+
+
+def test_replay_noise_is_not_blamed_on_the_candidate():
+    """The candidate moves scores exactly as much as production replayed moves its own: no real difference."""
+    noise = RNG.normal(0, 0.01, 200)
+    frame = joined(production_score=production_scores, candidate_score=production_scores + noise[::-1] * 0.5,
+                   replay_raw=["r"] * 200, replay_score=production_scores + noise,
+                   production_hash=[f"p{i}" for i in range(200)], candidate_hash=[f"c{i}" for i in range(200)])
+    frame["noise_abs_diff"] = np.abs(noise)
+    result = compare(frame, CONFIG)
+    assert value(result, "tolerant_match_rate") == 0.0  # without the noise floor everything differs
+    assert value(result, "real_difference_rate") == 0.0
+    assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), 0.99))

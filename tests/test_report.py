@@ -61,7 +61,8 @@ def test_report_json_matches_golden():
     report = build_report(RUN_INFO, ACCOUNTING, COMPARISON, DECISION)
     _golden("report.json", json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     assert list(report) == ["report_version", "run", "verdict", "accounting", "checks", "headline", "metrics",
-                            "flip_matrix", "score_delta", "has_ground_truth"]
+                            "flip_matrix", "score_delta", "has_ground_truth", "task", "statistics", "diff",
+                            "segments", "distributions"]
 
 
 def test_summary_matches_golden():
@@ -83,6 +84,58 @@ def test_html_is_one_self_contained_escaped_page():
     for section in ("Records", "Quarantine by reason", "Checks", "Metrics", "Label flips", "Score delta"):
         assert re.search(rf"<h[23]>{section}", page), section
     assert "1200 captured = 1188 joined + 12 quarantined" in page
+    assert 'id="verdict"' in page
+
+
+def _computed():
+    """A comparison computed from records: every section of the page has something to draw."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.compare import compare
+    from steps.config import CompareConfig, SliceConfig
+
+    rng = np.random.default_rng(5)
+    n = 90
+    production = rng.random(n)
+    candidate = np.clip(production + rng.normal(0, 0.08, n), 0, 1)
+    frame = pd.DataFrame({
+        "record_id": [f"e{i}:0" for i in range(n)], "input_text": [f"{i},<b>{i % 3}</b>" for i in range(n)],
+        "custom_attributes": [f"client={'web' if i % 3 else 'ios'}" for i in range(n)],
+        "production_raw": [f'{{"score":{p}}}' for p in production], "candidate_raw": [f"{c},x" for c in candidate],
+        "production_replay_raw": ["r"] * n, "production_score": production, "candidate_score": candidate,
+        "production_replay_score": production + rng.normal(0, 0.001, n),
+        "production_label": (production >= 0.5).astype(int).astype(str),
+        "candidate_label": (candidate >= 0.5).astype(int).astype(str),
+        "production_replay_label": (production >= 0.5).astype(int).astype(str),
+        "production_hash": [f"p{i}" for i in range(n)], "candidate_hash": [f"c{i}" for i in range(n)],
+        "tolerant_match": [False] * n, "ground_truth_label": (rng.random(n) < production).astype(int).astype(str),
+    })
+    config = CompareConfig(bootstrap_resamples=100, min_slice_support=20,
+                           slices=(SliceConfig("client", "attribute", key="client"),))
+    return compare(frame, config)
+
+
+def test_html_draws_every_plot_and_flags_slices():
+    comparison = _computed()
+    gate = GateConfig(min_records=10, min_coverage=0.9, checks=(
+        GateCheck("accuracy", -0.5, relative_to_production=True, judge_on="interval"),
+        GateCheck("label_agreement", 0.999, slices=True)))
+    accounting = Accounting(captured=90, joined=90, quarantined=0)
+    decision = decide(comparison, accounting, gate)
+    report = build_report(RUN_INFO, accounting, comparison, decision)
+    json.dumps(report, allow_nan=False)
+    page = render_html(report)
+    for label in ("production vs candidate scores", "score distributions", "score delta histogram",
+                  "label flip matrix", "deltas with intervals"):
+        assert f'aria-label="{label}"' in page, label
+    for section in ("Noise floor", "Quality against ground truth", "Typed diff", "Threshold crossings",
+                    "Most changed records", "Output fields only production has", "Slices"):
+        assert re.search(rf"<h[23]>{section}", page), section
+    assert "client=web" in page and "&lt;b&gt;" in page and "<b>1</b>" not in page
+    assert not re.search(r"<(script|img|link|iframe)\b", page.lower())
+    summary = summary_markdown(report)
+    assert len(summary) <= SUMMARY_LIMIT and RUN_INFO["run_id"] in summary and RUN_INFO["report_uri"] in summary
 
 
 def test_html_says_approved_when_approved():
@@ -100,15 +153,17 @@ def test_summary_always_fits_the_registry_limit(failures, name_length):
     summary = summary_markdown(build_report({**RUN_INFO, "run_id": "r" * 300}, ACCOUNTING, comparison, decision))
     assert len(summary) <= SUMMARY_LIMIT
     first = summary.splitlines()[0]
-    assert first.startswith(f"**{decision.status}**")
+    assert first.startswith(f"**{decision.status}**") and "rrrr" in first
+    assert summary.endswith(f"Report: {RUN_INFO['report_uri']}\n")  # provenance survives every cut
     if failures:
         assert "- check-0-" in summary  # the first reason survives
         if len("".join(decision.reasons)) > SUMMARY_LIMIT:
-            assert re.search(r"… \d+ more lines? in report\.json\n$", summary)
+            assert re.search(r"… \d+ more lines? in report\.json\nReport: ", summary)
 
 
 def test_report_stage_writes_three_files(tmp_path):
-    paths = report_step.run(tmp_path / "runs" / "r1", RUN_INFO, ACCOUNTING, COMPARISON, DECISION)
+    local_info = {k: v for k, v in RUN_INFO.items() if k != "report_uri"}
+    paths = report_step.run(tmp_path / "runs" / "r1", local_info, ACCOUNTING, COMPARISON, DECISION)
     assert sorted(paths) == ["report.html", "report.json", "summary.md"]
     assert all(p.parent == tmp_path / "runs" / "r1" / "report" for p in paths.values())
     report = json.loads(paths["report.json"].read_text())
@@ -116,3 +171,12 @@ def test_report_stage_writes_three_files(tmp_path):
     assert report["run"]["report_uri"] == str(paths["report.html"])
     assert paths["summary.md"].read_text().startswith("**Rejected**")
     assert sorted(p.name for p in paths["report.json"].parent.iterdir()) == sorted(paths)
+
+
+def test_report_stage_keeps_a_given_report_location(tmp_path):
+    """A cloud job passes the S3 location; summary.md (the approval description) must name it, not the job folder."""
+    uri = "s3://bucket/shadow-eval/runs/r1/report/report.html"
+    paths = report_step.run(tmp_path / "opt" / "ml" / "r1", {**RUN_INFO, "report_uri": uri}, ACCOUNTING, COMPARISON,
+                            DECISION)
+    assert paths["summary.md"].read_text().endswith(f"Report: {uri}\n")
+    assert json.loads(paths["report.json"].read_text())["run"]["report_uri"] == uri

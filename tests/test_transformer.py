@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import threading
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from steps.transformer import (
-    FAILURE_REASONS, TransformJob, TransformJobError, TransformResult, resolve_execution_parameters, transform,
+    FAILURE_REASONS, TransformJob, TransformJobError, TransformResult, checkpoint_path, resolve_execution_parameters,
+    transform,
 )
 
 
@@ -161,7 +163,7 @@ def test_every_file_gives_its_out_in_record_order(container, dirs):
     for name, text in files.items():
         assert (outputs / f"{name}.out").read_text() == lengths(text)
     assert sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")
-                  if p.is_file()) == ["a/deep/z.csv.out", "a/x.csv.out", "b.csv.out"]
+                  if p.is_file() and p.suffix == ".out") == ["a/deep/z.csv.out", "a/x.csv.out", "b.csv.out"]
 
 
 @pytest.mark.parametrize("strategy, requests", [("MultiRecord", 1), ("SingleRecord", 10)])
@@ -261,12 +263,26 @@ def test_resume_skips_files_that_already_have_an_out(container, dirs):
     write_inputs(inputs, {"done.csv": "a\n", "todo.csv": "bb\n"})
     (outputs).mkdir()
     (outputs / "done.csv.out").write_text("kept\n")
+    checkpoint_path(outputs / "done.csv.out").write_text(hashlib.sha256(b"a\n").hexdigest())
     result = transform(inputs, outputs, container.url, job())
     assert result.files_ok == ("done.csv", "todo.csv") and result.invocations == 1
     assert [body for _, body in container.calls.requests] == [b"bb\n"]
     assert (outputs / "done.csv.out").read_text() == "kept\n"
     again = transform(inputs, outputs, container.url, job(), resume=False)
     assert again.invocations == 2 and (outputs / "done.csv.out").read_text() == "1\n"
+
+
+@pytest.mark.parametrize("checkpoint", [None, "0" * 64], ids=["no checkpoint", "another input's checkpoint"])
+def test_resume_redoes_an_out_without_a_matching_checkpoint(container, dirs, checkpoint):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": "a\nbb\n"})
+    outputs.mkdir()
+    (outputs / "f.csv.out").write_text("1\n")  # an earlier, shorter version of the input
+    if checkpoint:
+        checkpoint_path(outputs / "f.csv.out").write_text(checkpoint)
+    result = transform(inputs, outputs, container.url, job())
+    assert result.invocations >= 1 and (outputs / "f.csv.out").read_text() == "1\n2\n"
+    assert checkpoint_path(outputs / "f.csv.out").read_text() == hashlib.sha256(b"a\nbb\n").hexdigest()
 
 
 def test_the_replay_plan_csv_group_keeps_the_record_id_out_of_the_request(container, dirs):

@@ -3,8 +3,21 @@
 Layout (docs/internals.md): `tables/<table>/run_id=<run_id>/part-0.parquet` for the partitioned
 tables and `tables/shadow_runs/part-<run_id>.parquet` for runs. As in Glue/Athena, the partition
 column lives in the folder name, not in the file. `<workspace>/shadow.duckdb` holds one view per
-table plus the analyst views in `sql/*.sql` (portable SQL shared with Athena), in the schema
-named after the Glue database and, for convenience, aliased in DuckDB's default schema `main`.
+table plus the analyst views, in the schema named after the Glue database and, for convenience,
+aliased in DuckDB's default schema `main`.
+
+The analyst views: one source, no translation. `sql/NN_<view>.sql` holds one
+`CREATE OR REPLACE VIEW {database}.<view> AS ...` each, written in the subset of SQL that DuckDB
+and Athena (engine v3, Trino) both run as written: standard joins, CASE, window functions without
+a named WINDOW clause, and only functions with the same name, arguments and meaning on both
+(coalesce, nullif, try_cast, regexp_extract, row_number, lag, count, sum, min, max). The one
+difference that matters is handled in the text: regexp_extract gives '' on DuckDB and NULL on
+Athena when nothing matches, so every use is wrapped in nullif(..., '') or coalesce(..., '').
+Division casts to double first (Athena divides integers as integers). We keep the text portable
+rather than transpile it with sqlglot so the SQL an analyst reads in Athena is the file in the
+repository; tests/test_views.py proves both halves: DuckDB answers the expected rows, and every
+statement parses in sqlglot's Athena dialect with no function sqlglot does not know.
+`{database}` is the only placeholder (substituted literally; the SQL may contain other braces).
 """
 from __future__ import annotations
 
@@ -63,7 +76,9 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 """Column order and types of each table, without the run_id partition column."""
 PARTITIONED = ("shadow_records", "shadow_quarantine", "shadow_metrics")
-VIEWS = ("shadow_latest_runs", "shadow_label_flips", "shadow_quarantine_by_reason", "shadow_metric_trend")
+VIEW_FILE = re.compile(r"^[0-9]{2}_(?P<view>shadow_[a-z_]+)\.sql$")
+VIEWS = tuple(VIEW_FILE.match(p.name)["view"] for p in sorted(SQL_DIR.glob("*.sql")) if VIEW_FILE.match(p.name))
+"""The analyst views, in creation order (one file each in sql/)."""
 
 Parts = pd.DataFrame | pa.Table | Sequence[str | Path]
 
@@ -134,8 +149,8 @@ class LocalCatalog:
             db.execute(f"CREATE SCHEMA IF NOT EXISTS {self.database}")
             for table in SCHEMAS:
                 db.execute(f"CREATE OR REPLACE VIEW {self.database}.{table} AS {self._source(table)}")
-            for script in sorted(SQL_DIR.glob("*.sql")):
-                db.execute(script.read_text(encoding="utf-8").format(database=self.database))
+            for _, statement in view_statements(self.database):
+                db.execute(statement)
             # Whoever opens the file without `USE <database>` still finds every name in main.
             for name in (*SCHEMAS, *VIEWS):
                 db.execute(f"CREATE OR REPLACE VIEW main.{name} AS SELECT * FROM {self.database}.{name}")
@@ -168,6 +183,14 @@ class LocalCatalog:
             return f"SELECT {', '.join(typed)} WHERE false"
         path = str(pattern.resolve()).replace("'", "''")
         return f"SELECT {', '.join(columns)} FROM read_parquet('{path}', {options})"
+
+
+def view_statements(database: str) -> list[tuple[str, str]]:
+    """(view, CREATE OR REPLACE VIEW statement) for every analyst view, in creation order, for this database."""
+    if not _DATABASE.match(database):
+        raise CatalogError(f"{database!r} is not a database name (letters, digits and _)")
+    return [(VIEW_FILE.match(path.name)["view"], path.read_text(encoding="utf-8").replace("{database}", database))
+            for path in sorted(SQL_DIR.glob("*.sql")) if VIEW_FILE.match(path.name)]
 
 
 def _check_run_id(run_id: Any) -> None:

@@ -2,18 +2,22 @@
 
 Layout mirrors the local one: `<tables_uri>/<table>/run_id=<run_id>/*.parquet` for the
 partitioned tables, `<tables_uri>/shadow_runs/part-<run_id>.parquet` for runs; one Glue table
-each in `database`, and the analyst views from sql/*.sql created in Athena.
+each in `database`, and the analyst views from sql/*.sql created in Athena by `create_views`
+(StartQueryExecution in the workgroup, whose result location and engine version apply; the
+workgroup must have an output location, as Athena requires for any query).
 """
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from steps.backends.catalog import (
-    PARTITIONED, SCHEMAS, SQL_DIR, CatalogError, Parts, _as_table, _check_run_id, _conform,
+    PARTITIONED, SCHEMAS, CatalogError, Parts, _as_table, _check_run_id, _conform, view_statements,
 )
 
 log = logging.getLogger(__name__)
@@ -67,12 +71,7 @@ class GlueCatalog:
 
     def refresh(self) -> None:
         """(Re)create the analyst views in Athena; partitions are already registered by each write."""
-        import awswrangler as wr
-
-        for script in sorted(SQL_DIR.glob("*.sql")):
-            sql = script.read_text(encoding="utf-8").format(database=self.database)
-            wr.athena.start_query_execution(sql, database=self.database, workgroup=self.workgroup, wait=True,
-                                            boto3_session=self.session)
+        create_views(self.session.client("athena"), self.database, self.workgroup)
 
     def query(self, sql: str) -> pd.DataFrame:
         """Run one query in Athena (results land in the workgroup's output location)."""
@@ -90,6 +89,43 @@ class GlueCatalog:
             database=self.database, table=table, path=f"{self.tables_uri}/{table}/",
             columns_types=athena_types(SCHEMAS[table]),
             partitions_types={"run_id": "string"} if partitioned else None, boto3_session=self.session)
+
+
+class AthenaQueryError(RuntimeError):
+    """An Athena statement ended FAILED or CANCELLED (or did not end in time)."""
+
+
+def create_views(athena: Any, database: str, workgroup: str, sleep: Callable[[float], None] = time.sleep,
+                 timeout_s: float = 300.0) -> dict[str, str]:
+    """Run every view's CREATE OR REPLACE VIEW in Athena, one after another; returns view -> query execution id.
+
+    The statements are the same text DuckDB runs locally (steps/backends/catalog.py explains the subset).
+    CREATE OR REPLACE makes a re-run harmless, so no idempotency token is sent.
+    """
+    done = {}
+    for view, statement in view_statements(database):
+        started = athena.start_query_execution(
+            QueryString=statement, QueryExecutionContext={"Database": database}, WorkGroup=workgroup)
+        done[view] = _wait(athena, started["QueryExecutionId"], view, sleep, timeout_s)
+        log.info("created view %s.%s (%s)", database, view, done[view])
+    return done
+
+
+def _wait(athena: Any, execution_id: str, view: str, sleep: Callable[[float], None], timeout_s: float) -> str:
+    waited, delay = 0.0, 0.5
+    while True:
+        status = athena.get_query_execution(QueryExecutionId=execution_id)["QueryExecution"]["Status"]
+        state = status["State"]
+        if state == "SUCCEEDED":
+            return execution_id
+        if state in ("FAILED", "CANCELLED"):
+            raise AthenaQueryError(f"view {view}: Athena query {execution_id} {state}: "
+                                   f"{status.get('StateChangeReason', 'no reason given')}")
+        if waited >= timeout_s:
+            raise AthenaQueryError(f"view {view}: Athena query {execution_id} still {state} after {timeout_s:.0f}s")
+        sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 5.0)
 
 
 def athena_types(schema: pa.Schema) -> dict[str, str]:

@@ -3,7 +3,10 @@
 A package id is `<group>/<version>` (versions count from 1 per group, as in SageMaker). Every
 status change is a compare-and-set: it applies only while the package still has the status the
 caller saw, so a package someone approved or rejected by hand during a run is never overwritten,
-and of two racing runs exactly one decides. Every transition is kept in an audit history.
+and of two racing runs exactly one decides. A run (a call with a run_id) never overwrites a manual
+decision either: an Approved or Rejected status that a person set (no run_id), or that the package
+was registered with, stays as it is even when it is the status the run started from. Every
+transition is kept in an audit history.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -24,6 +28,10 @@ DESCRIPTION_LIMIT = 1024
 METADATA_KEY_LIMIT, METADATA_VALUE_LIMIT, METADATA_ENTRIES_LIMIT = 128, 256, 50
 """CustomerMetadataProperties limits as of 2025 (keys 1-128, values up to 256, 50 entries)."""
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DECISIONS = ("Approved", "Rejected")
+_NOTE = re.compile(r"^shadow-eval run (?P<run_id>[A-Za-z0-9_-]{1,64}): (?P<from_status>[A-Za-z]+) -> "
+                   r"(?P<to_status>[A-Za-z]+)\. ?")
+log = logging.getLogger(__name__)
 _PACKAGE_ID = re.compile(r"^(?P<group>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/(?P<version>[1-9][0-9]{0,8})$")
 
 
@@ -68,6 +76,8 @@ class Registry(Protocol):
     def set_status(self, package_id: str, expected_status: str, new_status: str, description: str,
                    run_id: str | None, metadata: dict[str, str] | None = None) -> bool:
         """Apply new_status only if the status is still expected_status; False (and no change) otherwise.
+
+        With a run_id (an automatic decision) it is also False when the current status is a manual decision.
 
         The SageMaker implementation cannot lock: it describes, compares and updates, so its race
         window is one DescribeModelPackage round trip; it re-describes afterwards to detect a loss.
@@ -175,6 +185,13 @@ class LocalRegistry:
                 raise RegistryError(f"no model package {package_id!r}")
             if row["approval_status"] != expected_status:
                 return False
+            if run_id is not None and row["approval_status"] in DECISIONS:
+                (last_run_id,) = db.execute("SELECT run_id FROM history WHERE package_id = ? ORDER BY id DESC LIMIT 1",
+                                            (package_id,)).fetchone()
+                if last_run_id is None:
+                    log.warning("%s is %s by a manual decision; run %s leaves it alone", package_id,
+                                row["approval_status"], run_id)
+                    return False
             merged = _check_metadata({**json.loads(row["metadata"]), **extra})
             # The WHERE repeats the comparison so the update is a compare-and-set on its own.
             changed = db.execute(
@@ -228,6 +245,19 @@ class LocalRegistry:
 
     def _now(self) -> str:
         return self._clock().astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def transition_note(run_id: str, from_status: str, to_status: str, description: str,
+                    limit: int = DESCRIPTION_LIMIT) -> str:
+    """An approval description that carries its transition first (`shadow-eval run R: A -> B. ...`), within limit."""
+    text = f"shadow-eval run {run_id}: {from_status} -> {to_status}. {description}".rstrip()
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def parse_transition_note(description: str) -> tuple[str, str, str] | None:
+    """(run_id, from_status, to_status) from a description transition_note wrote; None for any other text."""
+    match = _NOTE.match(description or "")
+    return (match["run_id"], match["from_status"], match["to_status"]) if match else None
 
 
 def _info(row: sqlite3.Row) -> PackageInfo:

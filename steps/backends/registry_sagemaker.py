@@ -1,6 +1,10 @@
 """The SageMaker Model Registry behind the Registry protocol; the package id is the package ARN.
 
 Compare-and-set without a lock: DescribeModelPackage, compare, UpdateModelPackage, describe again.
+The Model Registry keeps no transition log, so the ApprovalDescription carries the transition
+(`shadow-eval run <id>: <from> -> <to>. <summary>`, see registry.transition_note) and history()
+reads it back; a decision whose description does not start so was made by a person and a run
+never overwrites it.
 SageMaker has no conditional update, so a change made by someone else between the first
 describe and the update (one round trip, well under a second) is overwritten; the second
 describe then sees our status, so that loss is not detectable either. What is guaranteed: a
@@ -14,7 +18,8 @@ import re
 from typing import Any
 
 from steps.backends.registry import (
-    DESCRIPTION_LIMIT, PackageInfo, RegistryError, Transition, _check_description, _check_metadata, _check_status,
+    DECISIONS, PackageInfo, RegistryError, Transition, _check_description, _check_metadata, _check_status,
+    parse_transition_note, transition_note,
 )
 
 log = logging.getLogger(__name__)
@@ -83,10 +88,15 @@ class SageMakerRegistry:
         if before.status != expected_status:
             log.info("%s is %s, not %s: left alone", package_id, before.status, expected_status)
             return False
+        if run_id is not None and before.status in DECISIONS and _manual(before):
+            log.warning("%s is %s by a manual decision; run %s leaves it alone", package_id, before.status, run_id)
+            return False
+        if run_id is not None:
+            description = transition_note(run_id, expected_status, new_status, description)
         # UpdateModelPackage merges CustomerMetadataProperties key by key, as the local registry does.
         self.client.update_model_package(
             ModelPackageArn=package_id, ModelApprovalStatus=new_status,
-            ApprovalDescription=description[:DESCRIPTION_LIMIT], CustomerMetadataProperties=extra)
+            ApprovalDescription=description, CustomerMetadataProperties=extra)
         after = self.describe(package_id)
         if after.status != new_status:
             log.warning("%s is %s right after we set %s: someone else changed it", package_id, after.status,
@@ -95,13 +105,17 @@ class SageMakerRegistry:
         return True
 
     def history(self, package_id: str) -> list[Transition]:
-        """Only the latest state: the Model Registry keeps no transition log (CloudTrail and the
-        "SageMaker Model Package State Change" events do)."""
+        """Only the latest transition, read from the approval description: the Model Registry keeps no
+        transition log (CloudTrail and the "SageMaker Model Package State Change" events do)."""
         info = self.describe(package_id)
         package = self.client.describe_model_package(ModelPackageName=package_id)
+        note = parse_transition_note(info.description)
+        if note is not None and note[2] == info.status:
+            run_id, from_status, _ = note
+            return [Transition(package_id, from_status, info.status, self.actor, info.description, run_id,
+                               info.updated_at)]
         by = package.get("LastModifiedBy", {}).get("UserProfileName") or "unknown"
-        return [Transition(package_id, None, info.status, by, info.description,
-                           info.metadata.get("shadow_eval_run_id"), info.updated_at)]
+        return [Transition(package_id, None, info.status, by, info.description, None, info.updated_at)]
 
     def list_packages(self, group: str) -> list[PackageInfo]:
         """The group's packages, newest version first."""
@@ -110,6 +124,12 @@ class SageMakerRegistry:
         for page in paginator.paginate(ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending"):
             arns += [item["ModelPackageArn"] for item in page["ModelPackageSummaryList"]]
         return [self.describe(arn) for arn in arns]
+
+
+def _manual(info: PackageInfo) -> bool:
+    """Whether the package's decision was not written by a shadow-eval run (its description says who)."""
+    note = parse_transition_note(info.description)
+    return note is None or note[2] != info.status
 
 
 def _check_arn(package_id: str) -> None:

@@ -44,11 +44,11 @@ def test_set_status_from_the_status_seen_at_start(registry, verdict):
                                {"shadow_eval_report": "s3://b/runs/run-1/report/report.html"})
     info = registry.describe(arn)
     assert info.status == verdict
-    assert info.description == "gate: all checks passed"
+    assert info.description == f"shadow-eval run run-1: PendingManualApproval -> {verdict}. gate: all checks passed"
     assert info.metadata == {"shadow_eval_report": "s3://b/runs/run-1/report/report.html",
                              "shadow_eval_run_id": "run-1"}
     (latest,) = registry.history(arn)
-    assert (latest.to_status, latest.run_id) == (verdict, "run-1")
+    assert (latest.from_status, latest.to_status, latest.run_id) == ("PendingManualApproval", verdict, "run-1")
 
 
 def test_never_overwrites_a_status_changed_since_the_run_began(registry):

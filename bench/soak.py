@@ -1,0 +1,110 @@
+"""Soak: a multi-million-record window through the whole embedded default, with peak memory per size.
+
+    python -m bench.soak --records 1000000 2000000 [--out bench/out/soak] [--all-formats]
+
+For each size: generate a capture window in SageMaker's layout (bench/world.py; CSV callers by
+default, `--all-formats` adds JSON-document callers, replayed one request per call), then run
+`pipeline.run_local` in a fresh interpreter (prepare, replay through the demo's candidate model on a
+local model server, join, compare, gate, report, tables). The child reports its own peak RSS
+(getrusage RUSAGE_SELF) and the model server's (RUSAGE_CHILDREN). Memory that stays flat between
+sizes is the point: every stage streams one capture file (or one Parquet part) at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import world
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[1_000_000, 2_000_000])
+    parser.add_argument("--out", type=Path, default=Path("bench/out/soak"))
+    parser.add_argument("--all-formats", action="store_true", help="JSON-document callers too (slower replay)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for records in args.records:
+        suffix = "mixed" if args.all_formats else "csv"
+        started = time.perf_counter()
+        capture = world.generate_capture(args.out / f"capture-{records}-{suffix}", records,
+                                         csv_only=not args.all_formats)
+        generate_seconds = time.perf_counter() - started
+        done = subprocess.run([sys.executable, "-m", "bench.soak", "--one", str(capture.root),
+                               str(args.out / f"workspace-{records}-{suffix}")],
+                              check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result |= {"generated": capture.to_json(), "generate_seconds": round(generate_seconds, 1)}
+        results.append(result)
+        print(_row(result), flush=True)
+    summary = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform()}, "sizes": results}
+    (args.out / "soak.json").write_text(json.dumps(summary, indent=2))
+    print(_table(results))
+    return 0
+
+
+def run_one(capture_root: str, workspace: str) -> dict:
+    """One whole run over capture_root in this process; prints one JSON line."""
+    import logging
+
+    import pipeline
+    from steps import demo
+    from steps.config import config_from_mapping
+
+    logging.basicConfig(level=logging.WARNING)
+    workspace_path = Path(workspace)
+    shutil.rmtree(workspace_path, ignore_errors=True)
+    workspace_path.mkdir(parents=True)
+    _, candidate, _, _ = demo.train_models(seed=7)
+    model = demo.package_model(candidate, workspace_path / "candidate.tar.gz")
+    output = {"format": "auto", "records_path": "predictions", "score_path": "score",
+              "label_path": "predicted_label", "score_column": 0, "label_column": 1}
+    config = config_from_mapping({
+        "workspace": str(workspace_path), "capture": {"root": capture_root},
+        "production": {"output": output}, "candidate": {"model": str(model), "output": output},
+        "replay": {"max_concurrent_transforms": 4, "max_payload_mb": 6},
+        # Synthetic traffic: the verdict does not matter here, only that every record is accounted for.
+        "gate": {"min_records": 1, "min_coverage": 0.99},
+    })
+    started = time.perf_counter()
+    outcome = pipeline.run_local(config, run_id="soak")
+    seconds = time.perf_counter() - started
+    accounting = outcome.accounting
+    return {"records": accounting.captured, "joined": accounting.joined, "quarantined": accounting.quarantined,
+            "balanced": accounting.balanced, "decision": outcome.decision, "seconds": round(seconds, 1),
+            "records_per_second": round(accounting.captured / seconds) if seconds else None,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "model_server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def _row(result: dict) -> str:
+    return (f"{result['records']:>10,} records: {result['seconds']:>7.1f} s, {result['records_per_second']:,} rec/s, "
+            f"peak RSS {result['peak_rss_mb']:.0f} MB (model server {result['model_server_peak_rss_mb']:.0f} MB), "
+            f"{result['joined']:,} joined + {result['quarantined']:,} quarantined")
+
+
+def _table(results: list[dict]) -> str:
+    lines = ["| records | capture MB | files | run seconds | records/s | peak RSS MB (runner) | "
+             "peak RSS MB (model server) | joined | quarantined |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['records']:,} | {r['generated']['megabytes']} | {r['generated']['files']} | {r['seconds']} "
+                     f"| {r['records_per_second']:,} | {r['peak_rss_mb']:.0f} | {r['model_server_peak_rss_mb']:.0f} "
+                     f"| {r['joined']:,} | {r['quarantined']:,} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        print(json.dumps(run_one(*sys.argv[2:4])))
+        sys.exit(0)
+    sys.exit(main())
