@@ -80,6 +80,9 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
     """Run every stage in-process. Re-running a run id finishes what is unfinished and rewrites its rows."""
     if config.candidate.model is None:
         raise ConfigError("<run>", "candidate.model", "required: a model.tar.gz, a model folder or a container URL")
+    if config.registry.kind != "local":
+        raise ConfigError("<run>", "registry.kind", "the local runner records verdicts in the local registry; "
+                          "the SageMaker Model Registry is updated by the pipeline (shadow-eval pipeline ...)")
     run_id = run_id or new_run_id()
     if not _RUN_ID.match(run_id):
         raise ConfigError("<run>", "run_id", f"{run_id!r} must be letters, digits, _ and - (at most 64)")
@@ -98,7 +101,7 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
     joined = join.run(config, run_dir)
     accounting = joined.accounting
     comparison = compare.run(config, run_dir)
-    run_info["prepare"] = prepared.to_json() if hasattr(prepared, "to_json") else None
+    run_info["prepare"] = prepared.to_json()
 
     decision = gate.run(config, run_dir, comparison, accounting, registry,
                         run_info["candidate_package"], run_info["status_at_start"], run_id)

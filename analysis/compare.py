@@ -24,10 +24,10 @@ import pandas as pd
 
 from analysis import statistics as stats
 from analysis.canonical import number_from_text
-from analysis.diff import RecordDiff, beyond_noise, noise_band, one_sided_fields, record_diff
+from analysis.diff import beyond_noise, noise_band, one_sided_fields, record_diff
 from analysis.outputs import canonical_text
 from analysis.results import Comparison, MetricValue
-from analysis.slices import Segment, segments
+from analysis.slices import segments
 
 Kind = Literal["paired", "per_model", "noise_floor"]
 Task = Literal["auto", "classification", "regression"]
@@ -122,18 +122,6 @@ class CompareSpec(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class ShadowComparison(Comparison):
-    """A Comparison plus what the report draws: the typed diff, score distributions and the slices."""
-
-    task: str | None = None
-    diff: RecordDiff | None = None
-    distributions: dict[str, Any] = dataclasses.field(default_factory=dict)
-    segments: tuple[Segment, ...] = ()
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """confidence, bootstrap_resamples, seed, min_slice_support: what the intervals rest on."""
-
-
-@dataclasses.dataclass(frozen=True)
 class _Settings:
     decimals: int = 6
     abs_tolerance: float = 1e-6
@@ -155,7 +143,7 @@ class _Settings:
         return cls(**{f.name: getattr(config, f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)})
 
 
-def compare(frame: pd.DataFrame, config: CompareSpec, task: Task = "auto") -> ShadowComparison:
+def compare(frame: pd.DataFrame, config: CompareSpec, task: Task = "auto") -> Comparison:
     """Every declared metric over joined records (shadow_records columns): the whole run, then each slice."""
     settings = _Settings.of(config)
     if "record_id" in frame:  # records in id order: the same records give the same resamples, whatever the row order
@@ -172,7 +160,7 @@ def compare(frame: pd.DataFrame, config: CompareSpec, task: Task = "auto") -> Sh
             metrics += _scope_metrics(columns, rows.to_numpy(), segment.name, settings, full=False)
     diff = record_diff(frame, settings.thresholds, settings.top_changes, settings.noise_quantile,
                        settings.abs_tolerance, settings.rel_tolerance)
-    return ShadowComparison(
+    return Comparison(
         metrics=tuple(metrics), flip_matrix=flip_matrix(frame), score_delta=score_delta(frame),
         has_ground_truth=has_truth, task=resolved, diff=diff, distributions=distributions(frame),
         segments=tuple(segment for segment, _ in found),

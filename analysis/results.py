@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+from analysis.diff import RecordDiff
+from analysis.slices import Segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,7 @@ class MetricValue:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """What compare found: the metrics plus the shapes a report draws."""
+    """What compare found: the metrics, plus the shapes a report draws and what the statistics rest on."""
 
     metrics: tuple[MetricValue, ...]
     flip_matrix: dict[str, dict[str, int]]
@@ -52,6 +56,16 @@ class Comparison:
     score_delta: dict[str, float]
     """Summary of candidate - production score: mean, std, min, p01, p05, p50, p95, p99, max, mean_abs."""
     has_ground_truth: bool = False
+    task: str | None = None
+    """classification or regression: which quality metrics ground truth fed."""
+    diff: RecordDiff | None = None
+    """The typed diff: threshold crossings, one-side-only fields, the top changed records."""
+    distributions: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Score histograms the report draws."""
+    segments: tuple[Segment, ...] = ()
+    """The slices and their support."""
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """confidence, bootstrap_resamples, seed, min_slice_support: what the intervals rest on."""
 
     def metric(self, name: str, slice: str = "all") -> MetricValue | None:
         return next((m for m in self.metrics if m.name == name and m.slice == slice), None)

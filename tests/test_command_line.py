@@ -47,3 +47,10 @@ def test_bad_run_id_is_refused_before_anything_runs(tmp_path, capsys):
     assert code == pipeline.EXIT_USAGE
     assert "run_id" in capsys.readouterr().err
     assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_the_local_runner_refuses_the_sagemaker_registry(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workspace: {tmp_path / 'ws'}\nregistry:\n  kind: sagemaker\n")
+    assert pipeline.main(["run", "--config", str(config), "--candidate", "m.tar.gz"]) == pipeline.EXIT_USAGE
+    assert "registry.kind" in capsys.readouterr().err
