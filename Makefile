@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.8
 
-.PHONY: demo test aws bench lock clean browser
+.PHONY: demo test aws bench soak lock clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ aws: $(VENV)/.full
 
 bench: $(VENV)/.local
 	$(BIN)/python -m bench $(ARGS)
+
+# Minutes, not seconds: a multi-million-record window, peak memory per stage at each size.
+soak: $(VENV)/.local
+	$(BIN)/python -m bench.soak $(or $(ARGS),--records 1000000 2000000)
 
 # Re-resolve the pins: ci.lock first, then the embedded default constrained to the same versions.
 lock: | $(UV)

@@ -149,6 +149,7 @@ def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: st
                             run_dir / "replay" / side / group, model, config.replay,
                             run_dir / "logs" / f"model-server-{side}-{group}.log", side)
         results[group] = result.to_json()
+    (run_dir / "replay").mkdir(parents=True, exist_ok=True)  # an empty window replays nothing
     (run_dir / "replay" / f"{side}.json").write_text(json.dumps(results, indent=2, sort_keys=True))
 
 

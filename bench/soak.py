@@ -76,6 +76,7 @@ def run_one(capture_root: str, workspace: str) -> dict:
         # Synthetic traffic: the verdict does not matter here, only that every record is accounted for.
         "gate": {"min_records": 1, "min_coverage": 0.99},
     })
+    stages = _instrument_stages(pipeline)
     started = time.perf_counter()
     outcome = pipeline.run_local(config, run_id="soak")
     seconds = time.perf_counter() - started
@@ -83,14 +84,61 @@ def run_one(capture_root: str, workspace: str) -> dict:
     return {"records": accounting.captured, "joined": accounting.joined, "quarantined": accounting.quarantined,
             "balanced": accounting.balanced, "decision": outcome.decision, "seconds": round(seconds, 1),
             "records_per_second": round(accounting.captured / seconds) if seconds else None,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "model_server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+            # Stage peaks are reset between stages (which resets ru_maxrss too): the run's peak is their maximum.
+            "peak_rss_mb": max([_peak_mb(), *(stage["peak_rss_mb"] for stage in stages.values())]),
+            "model_server_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "stages": stages}
+
+
+def _instrument_stages(pipeline) -> dict:
+    """Wrap each stage the runner calls to note its seconds and its own peak RSS (Linux: VmHWM reset per stage)."""
+    from steps import compare, gate, join, prepare, replay, report
+
+    stages: dict = {}
+
+    def wrap(owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            _reset_peak()
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                entry = stages.setdefault(label, {"seconds": 0.0, "peak_rss_mb": 0.0})
+                entry["seconds"] = round(entry["seconds"] + time.perf_counter() - started, 1)
+                entry["peak_rss_mb"] = max(entry["peak_rss_mb"], _peak_mb())
+        setattr(owner, name, timed)
+
+    for module, label in ((prepare, "prepare"), (replay, "replay"), (join, "join"), (compare, "compare"),
+                          (gate, "gate"), (report, "report")):
+        wrap(module, "run", label)
+    wrap(pipeline, "publish_run", "publish")
+    return stages
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _row(result: dict) -> str:
+    stages = ", ".join(f"{name} {s['seconds']} s / {s['peak_rss_mb']:.0f} MB" for name, s in result["stages"].items())
     return (f"{result['records']:>10,} records: {result['seconds']:>7.1f} s, {result['records_per_second']:,} rec/s, "
             f"peak RSS {result['peak_rss_mb']:.0f} MB (model server {result['model_server_peak_rss_mb']:.0f} MB), "
-            f"{result['joined']:,} joined + {result['quarantined']:,} quarantined")
+            f"{result['joined']:,} joined + {result['quarantined']:,} quarantined; per stage: {stages}")
 
 
 def _table(results: list[dict]) -> str:

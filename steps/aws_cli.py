@@ -38,7 +38,9 @@ def upsert(config_path: str | Path, boto3_session: Any = None) -> str:
     config, settings = load_aws_config(config_path)
     session = boto3_session or _boto3(settings)
     bucket, key = _split_s3(config_uri(settings))
-    session.client("s3").put_object(Bucket=bucket, Key=key, Body=Path(config_path).read_bytes())
+    encryption = ({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": settings.kms_key_id}
+                  if settings.kms_key_id else {})
+    session.client("s3").put_object(Bucket=bucket, Key=key, Body=Path(config_path).read_bytes(), **encryption)
     pipeline = get_pipeline(config, settings, _sdk_session(settings, session))
     response = pipeline.upsert(role_arn=settings.pipeline_role_arn or settings.role_arn,
                                description="shadow-eval: replay captured traffic through a candidate and gate it")

@@ -42,6 +42,7 @@ QUARANTINE_SCHEMA = pa.schema([pa.field("run_id", pa.string()), *SCHEMAS["shadow
 _GROUP_BY_EXTENSION = {".csv": "csv", ".jsonl": "jsonlines", ".json": "json", ".bin": "binary"}
 # Keys Batch Transform adds to a joined JSON record (the last two only with GenerateInferenceId).
 _JOIN_KEYS = {"SageMakerOutput", "SageMakerInferenceId", "SageMakerInferenceTime"}
+DUCKDB_MEMORY_LIMIT = "256MB"
 _TRUTH_SCHEMA = pa.schema([("key", pa.string()), ("record_index", pa.int32()), ("label", pa.string()),
                            ("seq", pa.int64())])
 
@@ -94,7 +95,7 @@ def run(config: Config, run_dir: str | Path) -> JoinResult:
         if (out / folder).exists():
             shutil.rmtree(out / folder)  # a re-run rewrites every part; stale parts must not linger
         (out / folder).mkdir(parents=True)
-    parts = _parts(run_dir / "prepare" / "records")
+    parts = parquet_parts(run_dir / "prepare" / "records")
     plan = json.loads((run_dir / "prepare" / "replay-plan.json").read_text(encoding="utf-8"))["groups"]
     candidate = _Side(run_dir, "candidate", plan, config.candidate.output, config)
     production = _Side(run_dir, "production", plan, config.production.output, config)
@@ -103,15 +104,18 @@ def run(config: Config, run_dir: str | Path) -> JoinResult:
     joined = skipped = read = 0
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as scratch, duckdb.connect() as db:
         db.execute(f"SET temp_directory = '{_sql_text(scratch)}'").fetchall()
+        # DuckDB's default limit is 80% of RAM, so it holds the whole window's duplicate scan in memory;
+        # a fixed limit makes it spill to scratch instead and keeps the join's peak flat in the window size.
+        db.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'").fetchall()
         duplicates = _window_duplicates(db, parts)
-        truth = _load_ground_truth(db, config, Path(scratch), parts)
+        truth = load_ground_truth(db, config, Path(scratch), parts)
         matched = 0
         for part in parts:
             rows = pq.read_table(part).to_pylist()
             read += len(rows)
             kept = [row for row in rows if _place(row) not in already_quarantined]
             skipped += len(rows) - len(kept)
-            labels = _truth_labels(db, kept) if truth.labels else [None] * len(kept)
+            labels = truth_labels(db, kept) if truth.labels else [None] * len(kept)
             matched_rows, quarantined = _join_part(kept, labels, duplicates, candidate, production, config, run_id)
             matched += sum(1 for row in matched_rows if row["ground_truth_label"] is not None)
             reasons.update(row["reason"] for row in quarantined)
@@ -146,7 +150,7 @@ def run(config: Config, run_dir: str | Path) -> JoinResult:
 
 def load_joined(run_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """The joined records of a run (join/records/*.parquet) as one frame, in part order."""
-    parts = _parts(Path(run_dir) / "join" / "records")
+    parts = parquet_parts(Path(run_dir) / "join" / "records")
     schema = RECORDS_SCHEMA if columns is None else pa.schema([RECORDS_SCHEMA.field(name) for name in columns])
     tables = [pq.read_table(part, columns=schema.names) for part in parts]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -383,7 +387,7 @@ def _window_duplicates(db: duckdb.DuckDBPyConnection, parts: list[Path]) -> dict
             for record_id, file, line, first_file, first_line in rows}
 
 
-def _load_ground_truth(db: duckdb.DuckDBPyConnection, config: Config, scratch: Path,
+def load_ground_truth(db: duckdb.DuckDBPyConnection, config: Config, scratch: Path,
                        parts: list[Path]) -> GroundTruthCounts:
     """Read every *.jsonl under ground_truth.root into DuckDB table `truth` (key, record_index, label)."""
     if not config.ground_truth.root:
@@ -421,7 +425,7 @@ def _load_ground_truth(db: duckdb.DuckDBPyConnection, config: Config, scratch: P
     return GroundTruthCounts(labels=int(labels), unknown=int(unknown), duplicates=int(duplicates), invalid=invalid)
 
 
-def _truth_labels(db: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> list[str | None]:
+def truth_labels(db: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> list[str | None]:
     """Each row's ground-truth label: on inference_id when the call had one, else event_id; then record_index."""
     if not rows:
         return []
@@ -442,14 +446,14 @@ def _truth_labels(db: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> 
 
 def _prepare_quarantine(folder: Path) -> tuple[set[tuple], collections.Counter]:
     places, reasons = set(), collections.Counter()
-    for part in _parts(folder):
+    for part in parquet_parts(folder):
         for row in pq.read_table(part, columns=["record_id", "capture_file", "capture_line", "reason"]).to_pylist():
             places.add((row["record_id"], row["capture_file"], row["capture_line"]))
             reasons[row["reason"]] += 1
     return places, reasons
 
 
-def _parts(folder: Path) -> list[Path]:
+def parquet_parts(folder: Path) -> list[Path]:
     """The numbered parts of a folder in number order."""
     files = folder.glob("*.parquet") if folder.is_dir() else []
     return sorted(files, key=lambda path: (int(path.stem) if path.stem.isdigit() else float("inf"), path.name))

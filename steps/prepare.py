@@ -85,8 +85,6 @@ def run(config: Config, run_dir: str | Path) -> PrepareResult:
             row["run_id"] = Path(run_dir).name
         _write_part(records, RECORDS_SCHEMA, out / "records" / f"{number:05d}.parquet")
         _write_part(quarantine, QUARANTINE_SCHEMA, out / "quarantine" / f"{number:05d}.parquet")
-    # The runner writes replay/<side>.json even when no group has a file to replay.
-    (Path(run_dir) / "replay").mkdir(exist_ok=True)
     if not listing.files:  # readers glob the parts; give them a schema to read
         _write_part([], RECORDS_SCHEMA, out / "records" / "00000.parquet")
         _write_part([], QUARANTINE_SCHEMA, out / "quarantine" / "00000.parquet")

@@ -103,15 +103,15 @@ def run(workspace: str | Path, run_id: str, ground_truth_root: str | Path,
 
 def relabel(config: Config, run_dir: Path) -> dict[str, int]:
     """Join ground truth onto join/records/*.parquet in place (reusing the join's ground-truth reader)."""
-    parts = join._parts(run_dir / "join" / "records")
-    captured_parts = join._parts(run_dir / "prepare" / "records")
+    parts = join.parquet_parts(run_dir / "join" / "records")
+    captured_parts = join.parquet_parts(run_dir / "prepare" / "records")
     matched = relabelled = labelled = 0
     with tempfile.TemporaryDirectory(dir=run_dir / "join", prefix=".regate-") as scratch, duckdb.connect() as db:
-        counts = join._load_ground_truth(db, config, Path(scratch), captured_parts)
+        counts = join.load_ground_truth(db, config, Path(scratch), captured_parts)
         for part in parts:
             table = pq.read_table(part)
             rows = table.select(["inference_id", "event_id", "record_index"]).to_pylist()
-            new = join._truth_labels(db, rows) if counts.labels else [None] * len(rows)
+            new = join.truth_labels(db, rows) if counts.labels else [None] * len(rows)
             old = table.column("ground_truth_label").to_pylist()
             merged = [n if n is not None else o for n, o in zip(new, old)]
             matched += sum(1 for n in new if n is not None)
@@ -156,10 +156,10 @@ def own_verdict(registry: Registry, package_id: str, run_id: str) -> bool:
 
 def _accounting(run_dir: Path) -> Accounting:
     """The run's accounting from its parts; captured from the first evaluation.json when it is there."""
-    joined = sum(pq.ParquetFile(part).metadata.num_rows for part in join._parts(run_dir / "join" / "records"))
+    joined = sum(pq.ParquetFile(part).metadata.num_rows for part in join.parquet_parts(run_dir / "join" / "records"))
     reasons: dict[str, int] = {}
     for folder in (run_dir / "prepare" / "quarantine", run_dir / "join" / "quarantine"):
-        for part in join._parts(folder):
+        for part in join.parquet_parts(folder):
             for reason in pq.read_table(part, columns=["reason"]).column("reason").to_pylist():
                 reasons[reason] = reasons.get(reason, 0) + 1
     quarantined = sum(reasons.values())

@@ -51,6 +51,8 @@ def test_upsert_uploads_config_and_creates_pipeline(account, aws_config_path, aw
     bucket, key = aws_cli._split_s3(config_uri(settings))
     body = account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert body == aws_config_path.read_bytes()
+    head = account.client("s3").head_object(Bucket=bucket, Key=key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", settings.kms_key_id)
     described = account.client("sagemaker").describe_pipeline(PipelineName=settings.pipeline_name)
     assert described["RoleArn"] == settings.pipeline_role_arn
     steps = json.loads(described["PipelineDefinition"])["Steps"]
