@@ -135,8 +135,9 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:76rem;color:#222;padding:0 1rem}
 h1{margin:0 0 .4rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .banner{padding:1rem 1.4rem;border-radius:6px;color:#fff}.ok{background:#2e7d32}.bad{background:#c62828}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;margin:.5rem 0}table.wide{width:100%}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.text{overflow-wrap:anywhere;min-width:9rem}td.interval{text-align:right;font-variant-numeric:tabular-nums}
 tr.fail td{background:#fdecea}tr.missing td{background:#fff4e5}tr.warn td{background:#fffbe6}
 .muted{color:#777}svg text{font-size:11px;font-family:system-ui,sans-serif}
 tr.flagged td{background:#fdecea;font-weight:600}td.code{font-family:ui-monospace,monospace;font-size:12px;
@@ -178,13 +179,13 @@ def _checks_section(checks: list[dict]) -> str:
                                       "warn" if c["severity"] == "warning" else "fail")
         interval = (f"[{_short(c.get('ci_low'))}, {_short(c.get('ci_high'))}]"
                     if c.get("ci_low") is not None or c.get("ci_high") is not None else "")
-        rows.append(f'<tr class="{css}"><td>{_e(c["name"])}</td><td>{_e(c["metric"])}</td>'
+        rows.append(f'<tr class="{css}"><td class=text>{_e(c["name"])}</td><td>{_e(c["metric"])}</td>'
                     f'<td>{_e(c.get("judged_on", "point"))}</td>'
-                    f'<td class=num>{_e(_short(c["value"] if c.get("estimate") is None else c["estimate"]))}</td><td class=num>{_e(interval)}</td>'
+                    f'<td class=num>{_e(_short(c["value"] if c.get("estimate") is None else c["estimate"]))}</td><td class=interval>{_e(interval)}</td>'
                     f'<td>{_e(c["direction"])}</td>'
                     f'<td class=num>{_e(_short(c["threshold"]))}</td><td>{_e(c["severity"])}</td>'
-                    f'<td>{_e(c["outcome"])}</td><td>{_e(c["reason"])}</td></tr>')
-    return ("<h2>Checks</h2><table><tr><th>check</th><th>metric</th><th>judged on</th><th>estimate</th>"
+                    f'<td>{_e(c["outcome"])}</td><td class=text>{_e(c["reason"])}</td></tr>')
+    return ("<h2>Checks</h2><table class=wide><tr><th>check</th><th>metric</th><th>judged on</th><th>estimate</th>"
             "<th>interval</th><th>direction</th><th>threshold</th><th>severity</th><th>outcome</th><th>reason</th>"
             "</tr>" + "".join(rows) + "</table>")
 
