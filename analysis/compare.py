@@ -10,12 +10,19 @@ scikit-learn or SciPy.
 Most statistics are functions of column means of per-record indicator columns (accuracy = mean of
 `correct` over mean of `has truth`, F1 = 2 TP / (PP + AP), kappa from class shares), so one set of
 bootstrap resamples per scope gives every interval at once, for the whole run and for each slice.
+
+A window can hold millions of records, so nothing here keeps a text per record: Accumulator takes the
+records part by part and keeps a few numbers each (scores, label codes, flags); the 0/1 columns are
+kept per group of records alike (same flags, same labels) rather than per record, and only the
+real-valued columns (score deltas, errors) exist per record, one scope at a time. compare(frame) is
+the same computation over one part.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -24,10 +31,11 @@ import pandas as pd
 
 from analysis import statistics as stats
 from analysis.canonical import number_from_text
-from analysis.diff import beyond_noise, noise_band, one_sided_fields, record_diff
+from analysis.diff import (RecordDiff, beyond_noise_of, changed_record, noise_band_of, one_sided_fields,
+                           threshold_crossings, top_change_order)
 from analysis.outputs import canonical_text
 from analysis.results import Comparison, MetricValue
-from analysis.slices import segments
+from analysis.slices import SegmentBuilder
 
 Kind = Literal["paired", "per_model", "noise_floor"]
 Task = Literal["auto", "classification", "regression"]
@@ -145,29 +153,194 @@ class _Settings:
 
 def compare(frame: pd.DataFrame, config: CompareSpec, task: Task = "auto") -> Comparison:
     """Every declared metric over joined records (shadow_records columns): the whole run, then each slice."""
-    settings = _Settings.of(config)
+    accumulator = Accumulator(config, task)
+    accumulator.add(frame)
     if "record_id" in frame:  # records in id order: the same records give the same resamples, whatever the row order
-        frame = frame.sort_values("record_id", kind="stable")
-    frame = frame.reset_index(drop=True)
-    truth = _column(frame, "ground_truth_label")
-    has_truth = bool(truth.notna().any())
-    resolved = _task(frame, task) if has_truth else None
-    columns = _RecordColumns(frame, settings, resolved)
-    metrics = _scope_metrics(columns, np.arange(len(frame)), "all", settings, full=True)
-    found = list(segments(frame, settings.slices, settings.min_slice_support)) if settings.slices else []
-    for segment, rows in found:
-        if segment.compared:
-            metrics += _scope_metrics(columns, rows.to_numpy(), segment.name, settings, full=False)
-    diff = record_diff(frame, settings.thresholds, settings.top_changes, settings.noise_quantile,
-                       settings.abs_tolerance, settings.rel_tolerance)
-    return Comparison(
-        metrics=tuple(metrics), flip_matrix=flip_matrix(frame), score_delta=score_delta(frame),
-        has_ground_truth=has_truth, task=resolved, diff=diff, distributions=distributions(frame),
-        segments=tuple(segment for segment, _ in found),
-        settings={"confidence": settings.confidence, "bootstrap_resamples": settings.bootstrap_resamples,
-                  "seed": settings.seed, "min_slice_support": settings.min_slice_support,
-                  "noise_quantile": settings.noise_quantile, "thresholds": list(settings.thresholds),
-                  "positive_label": columns.positive})
+        order = frame["record_id"].reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
+    else:
+        order = np.arange(len(frame))
+    return accumulator.finish(order, lambda positions: frame.iloc[positions])
+
+
+# Label texts (both models', replayed production's, ground truth) get small integer codes; more distinct
+# labels than this is no classification the statistics could hold (they keep columns per class).
+_MAX_LABELS = 65536
+_UNCODED = -3
+_TRUTH_FACTS = _MAX_CLASSES + 1
+
+
+class Accumulator:
+    """compare() over joined records that arrive part by part, holding only numbers per record.
+
+    add() takes each part's frame (shadow_records columns) and keeps per record a few numbers: the three
+    scores, the join's noise, the numeric ground truth, small integer codes of the four labels and of
+    each slice, and a handful of flags. Everything that needs the texts (canonical replay match, the
+    fields one side's answer has alone, slice values) is worked out per part. finish(order, fetch) puts
+    the records in record-id order (`order[i]` is the added record at position i) and computes every
+    statistic exactly as over one frame; fetch(indices) gives back the top changed records' rows (record_id,
+    input_text, production_raw, candidate_raw), indices counting records in the order they were added.
+    """
+
+    def __init__(self, config: Any, task: Task = "auto"):
+        self.settings = _Settings.of(config)
+        self.task = task
+        self.n = 0
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in _STORED}
+        self._labels: dict[str, int] = {}
+        self._only_p: Counter = Counter()
+        self._only_c: Counter = Counter()
+        self._truth_seen: set[str] = set()
+        self._truth_non_numeric = self._truth_non_integer = self._truth_uncoded = False
+        self._candidate_labelled = self._candidate_scored = False
+        self._slices = SegmentBuilder(self.settings.slices, self.settings.min_slice_support) \
+            if self.settings.slices else None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """The next part's records."""
+        settings, n = self.settings, len(frame)
+        p_score, c_score = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
+        p_label, c_label = _labels(frame, "production_label"), _labels(frame, "candidate_label")
+        r_label, truth = _labels(frame, "production_replay_label"), _labels(frame, "ground_truth_label")
+        p_hash = _text(frame, "production_hash")
+        production_raw, candidate_raw = _text(frame, "production_raw"), _text(frame, "candidate_raw")
+        replay_raw = _text(frame, "production_replay_raw")
+        only_p, only_c, fields = one_sided_fields(production_raw, candidate_raw)
+        self._only_p.update(only_p)
+        self._only_c.update(only_c)
+        replayed = replay_raw.notna().to_numpy(bool)
+        store = {
+            "p_score": p_score, "c_score": c_score, "r_score": _numeric(frame, "production_replay_score"),
+            "noise": _numeric(frame, "noise_abs_diff"),
+            "truth_value": np.array([_number(t) for t in truth], dtype=float),
+            "p_label": self._codes(p_label), "c_label": self._codes(c_label),
+            "r_label": self._codes(r_label), "truth": self._codes(truth, truth=True),
+            "same_hash": (p_hash == _text(frame, "candidate_hash")).to_numpy(bool),
+            "hashed": p_hash.notna().to_numpy(bool),
+            "tolerant": _column(frame, "tolerant_match").astype("boolean").fillna(False).to_numpy(bool),
+            "fields_one_sided": fields, "replayed": replayed,
+            "replay_same": np.array([bool(r) and _same_canonical(p, a, settings.decimals)
+                                     for p, a, r in zip(production_raw, replay_raw, replayed)], dtype=bool),
+        }
+        for name, values in store.items():
+            missing = _MISSING[name]
+            if name in _SPARSE and (np.all(values == -1) if missing == -1 else not np.isfinite(values).any()):
+                values = len(values)  # all missing (nothing replayed, no ground truth): a count, not an array
+            self._chunks[name].append(values)
+        for value in {t for t in truth if t is not None}:  # what _task asks of the distinct truth values
+            number = number_from_text(value)
+            self._truth_non_numeric |= number is None
+            self._truth_non_integer |= number is not None and not float(number).is_integer()
+            if len(self._truth_seen) < _TRUTH_FACTS:
+                self._truth_seen.add(value)
+        self._candidate_labelled |= bool(_column(frame, "candidate_label").notna().any())
+        self._candidate_scored |= bool(_column(frame, "candidate_score").notna().any())
+        if self._slices is not None:
+            self._slices.add(frame)
+        self.n += n
+
+    def _codes(self, labels: list[str | None], truth: bool = False) -> np.ndarray:
+        """Each label's code (-1: none). Ground truth past the cap (a regression's numbers) gets _UNCODED."""
+        codes = self._labels
+
+        def code(x: str | None) -> int:
+            if x is None:
+                return -1
+            if x in codes:
+                return codes[x]
+            if len(codes) >= _MAX_LABELS:
+                if truth:
+                    self._truth_uncoded = True
+                    return _UNCODED
+                raise ValueError(f"more than {_MAX_LABELS} distinct labels: not labels the statistics can compare")
+            codes[x] = len(codes)
+            return codes[x]
+
+        return np.fromiter((code(x) for x in labels), dtype=np.int32, count=len(labels))
+
+    def finish(self, order: np.ndarray, fetch: Callable[[np.ndarray], pd.DataFrame]) -> Comparison:
+        settings = self.settings
+        order = np.asarray(order, dtype=np.int64)
+        if order.size != self.n:
+            raise ValueError(f"order has {order.size} positions for {self.n} records")
+        base: dict[str, np.ndarray] = {}
+        for name, chunks in self._chunks.items():  # one column at a time: a copy of one column at most
+            if all(isinstance(chunk, int) for chunk in chunks):  # missing throughout: a view, no memory
+                base[name] = np.broadcast_to(np.array(_MISSING[name], dtype=_STORED[name]), (self.n,))
+            else:
+                base[name] = np.concatenate([np.full(chunk, _MISSING[name], dtype=_STORED[name])
+                                             if isinstance(chunk, int) else chunk for chunk in chunks])[order]
+            chunks.clear()
+        texts = [""] * len(self._labels)
+        for text, code in self._labels.items():
+            texts[code] = text
+        has_truth = bool((base["truth"] != -1).any())
+        resolved = self._resolve_task() if has_truth else None
+        if resolved == "classification" and self._truth_uncoded:
+            raise ValueError(f"classification over more than {_MAX_LABELS} distinct labels and ground-truth values "
+                             "is not something the statistics can hold (they keep columns per class)")
+        columns = _RecordColumns(base, texts, settings, resolved)
+        metrics = _scope_metrics(columns, _ALL, "all", settings, full=True)
+        found = self._slices.segments(order) if self._slices is not None else []
+        for segment, rows in found:
+            if segment.compared:
+                metrics += _scope_metrics(columns, rows, segment.name, settings, full=False)
+        diff = self._diff(columns, base, texts, order, fetch)
+        production, candidate = _paired(base["p_score"], base["c_score"])
+        return Comparison(
+            metrics=tuple(metrics), flip_matrix=_flip_matrix(base["p_label"], base["c_label"], texts),
+            score_delta=_score_delta(candidate - production), has_ground_truth=has_truth, task=resolved, diff=diff,
+            distributions=_distributions(production, candidate),
+            segments=tuple(segment for segment, _ in found),
+            settings={"confidence": settings.confidence, "bootstrap_resamples": settings.bootstrap_resamples,
+                      "seed": settings.seed, "min_slice_support": settings.min_slice_support,
+                      "noise_quantile": settings.noise_quantile, "thresholds": list(settings.thresholds),
+                      "positive_label": columns.positive})
+
+    def _resolve_task(self) -> Literal["classification", "regression"]:
+        """_task over the distinct ground-truth values seen, without keeping them all."""
+        if self.task != "auto":
+            return self.task
+        if self._truth_non_numeric:
+            return "classification"
+        categorical = not self._truth_non_integer and len(self._truth_seen) <= _MAX_CLASSES
+        if categorical and self._candidate_labelled:
+            return "classification"
+        return "regression" if self._candidate_scored else "classification"
+
+    def _diff(self, columns: "_RecordColumns", base: dict[str, np.ndarray], texts: list[str], order: np.ndarray,
+              fetch: Callable[[np.ndarray], pd.DataFrame]) -> RecordDiff:
+        settings = self.settings
+        p, c = base["p_score"], base["c_score"]
+        p_label, c_label = base["p_label"], base["c_label"]
+        top = top_change_order(p, c, columns.flip_bool, ~base["same_hash"], columns.real, settings.top_changes)
+        rows = fetch(order[top]) if top.size else None
+        changes = []
+        for k, i in enumerate(top):
+            row = rows.iloc[k]
+            changes.append(changed_record(
+                str(row.get("record_id")), row.get("input_text"), row.get("production_raw"), row.get("candidate_raw"),
+                p[i], c[i], texts[p_label[i]] if p_label[i] >= 0 else None,
+                texts[c_label[i]] if c_label[i] >= 0 else None, base["noise"][i], bool(columns.real[i])))
+        return RecordDiff(
+            records=self.n, exact=int(base["same_hash"].sum()), tolerant=int(base["tolerant"].sum()),
+            crossings=threshold_crossings(p, c, settings.thresholds), top_changes=tuple(changes),
+            fields_only_production=dict(sorted(self._only_p.items(), key=lambda kv: (-kv[1], kv[0]))),
+            fields_only_candidate=dict(sorted(self._only_c.items(), key=lambda kv: (-kv[1], kv[0]))),
+            records_one_sided=int(columns.one_sided.sum()), noise_band=columns.band,
+            beyond_noise=int(columns.real.sum()), noise_records=int(base["replayed"].sum()))
+
+
+# The whole run as a scope's rows: indexing with it gives views, not copies.
+_ALL = slice(None)
+
+# What Accumulator keeps per record, and its type.
+_STORED = {"p_score": float, "c_score": float, "r_score": float, "noise": float, "truth_value": float,
+           "p_label": np.int32, "c_label": np.int32, "r_label": np.int32, "truth": np.int32,
+           "same_hash": bool, "hashed": bool, "tolerant": bool, "fields_one_sided": bool, "replayed": bool,
+           "replay_same": bool}
+_MISSING = {name: (np.nan if kind is float else -1 if kind is np.int32 else False) for name, kind in _STORED.items()}
+# Columns often missing for a whole run (no production replay, no ground truth): kept only where present.
+_SPARSE = ("r_score", "noise", "truth_value", "r_label", "truth")
 
 
 def flip_matrix(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -180,9 +353,23 @@ def flip_matrix(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     return matrix
 
 
+def _flip_matrix(p_label: np.ndarray, c_label: np.ndarray, texts: list[str]) -> dict[str, dict[str, int]]:
+    both = (p_label >= 0) & (c_label >= 0)
+    width = max(len(texts), 1)
+    pairs = np.bincount(p_label[both].astype(np.int64) * width + c_label[both], minlength=0)
+    counts = {(texts[k // width], texts[k % width]): int(pairs[k]) for k in np.flatnonzero(pairs)}
+    matrix: dict[str, dict[str, int]] = {}
+    for (production, candidate), count in sorted(counts.items()):
+        matrix.setdefault(production, {})[candidate] = count
+    return matrix
+
+
 def score_delta(frame: pd.DataFrame) -> dict[str, float]:
     """Summary of candidate - production score over records both scored; empty when none."""
-    delta = _score_pairs(frame, "candidate_score")
+    return _score_delta(_score_pairs(frame, "candidate_score"))
+
+
+def _score_delta(delta: np.ndarray) -> dict[str, float]:
     if delta.size == 0:
         return {}
     quantiles = np.quantile(delta, [0.01, 0.05, 0.5, 0.95, 0.99])
@@ -195,6 +382,12 @@ def score_delta(frame: pd.DataFrame) -> dict[str, float]:
 def distributions(frame: pd.DataFrame) -> dict[str, Any]:
     """What the report plots: score histograms on shared bins, the delta histogram, a scatter sample."""
     production, candidate = _paired_scores(frame, "candidate_score")
+    # Every k-th pair in record order (sorted by record id, so row order does not matter).
+    return _distributions(production, candidate, np.argsort(_paired_ids(frame), kind="stable"))
+
+
+def _distributions(production: np.ndarray, candidate: np.ndarray, order: np.ndarray | None = None) -> dict[str, Any]:
+    """distributions() of paired scores; order: the pairs in record order (None: as given)."""
     if production.size == 0:
         return {}
     low, high = float(min(production.min(), candidate.min())), float(max(production.max(), candidate.max()))
@@ -202,9 +395,9 @@ def distributions(frame: pd.DataFrame) -> dict[str, Any]:
     delta = candidate - production
     d_low, d_high = float(delta.min()), float(delta.max())
     d_edges = np.linspace(d_low, d_high if d_high > d_low else d_low + 1e-9, _HISTOGRAM_BINS + 1)
-    # Every k-th pair in record order (sorted by record id, so row order does not matter).
-    order = np.argsort(_paired_ids(frame), kind="stable")
-    pick = order[np.linspace(0, order.size - 1, min(order.size, _SCATTER_POINTS)).astype(int)]
+    pick = np.linspace(0, production.size - 1, min(production.size, _SCATTER_POINTS)).astype(int)
+    if order is not None:
+        pick = order[pick]
     return {
         "score_edges": [float(e) for e in edges],
         "production_counts": [int(n) for n in np.histogram(production, edges)[0]],
@@ -217,118 +410,170 @@ def distributions(frame: pd.DataFrame) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- per-record columns, computed once
 
+# Flags a record's indicator columns depend on besides its labels (one bit each in its group key).
+_DENSE_KEYS = 1 << 20  # a bincount of at most 8 MB
+_FLAGS = ("exact", "tolerant", "scored", "abs_ok", "rel_ok", "crossing", "one_sided", "replayed", "replay_same",
+          "replay_scored", "real", "truth_num")
+
+
 class _RecordColumns:
-    """Per-record indicator and value columns (NaN-free floats) every statistic is a mean-function of."""
+    """The per-record columns every statistic is a mean-function of, without widening them per record.
 
-    def __init__(self, frame: pd.DataFrame, settings: _Settings, task: str | None):
-        n = len(frame)
-        self.n, self.settings, self.task = n, settings, task
-        self.cols: dict[str, np.ndarray] = {}
-        p_score, c_score = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
-        r_score = _numeric(frame, "production_replay_score")
-        p_label, c_label = _labels(frame, "production_label"), _labels(frame, "candidate_label")
-        r_label, truth = _labels(frame, "production_replay_label"), _labels(frame, "ground_truth_label")
-        self.p_score, self.c_score, self.truth = p_score, c_score, truth
+    Indicator columns (0/1: exact, labelled, agree, kp0, ap:1, ...) are functions of a record's flags
+    and label codes, so each record keeps one group number and the columns are kept per group
+    (groups x columns, a few hundred rows at most). Real-valued columns (score deltas, errors) are
+    computed from the scores when a scope asks for them.
+    """
 
-        self.add("one", np.ones(n))
-        self.add("exact", (_text(frame, "production_hash") == _text(frame, "candidate_hash")).to_numpy(bool)
-                 & _text(frame, "production_hash").notna().to_numpy(bool))
-        self.add("tolerant", _column(frame, "tolerant_match").astype("boolean").fillna(False).to_numpy(bool))
+    def __init__(self, base: dict[str, np.ndarray], texts: list[str], settings: _Settings, task: str | None):
+        self.settings, self.task = settings, task
+        p_score, c_score, r_score = base["p_score"], base["c_score"], base["r_score"]
+        self.p_score, self.c_score, self.truth_code = p_score, c_score, base["truth"]
+        self.n = n = p_score.size
+        self.texts = texts
+        code_of = {text: code for code, text in enumerate(texts)}
+        p_label, c_label, r_label, truth = base["p_label"], base["c_label"], base["r_label"], base["truth"]
+
         scored = np.isfinite(p_score) & np.isfinite(c_score)
         delta = np.where(scored, c_score - p_score, 0.0)
-        self.add("scored", scored)
-        self.add("delta", delta)
-        self.add("abs_delta", np.abs(delta))
-        self.add("p_score", np.where(scored, p_score, 0.0))
-        self.add("c_score", np.where(scored, c_score, 0.0))
-        self.add("abs_ok", scored & (np.abs(delta) <= settings.abs_tolerance))
-        self.add("rel_ok", scored & (np.abs(delta) <= settings.rel_tolerance *
-                                     np.maximum(np.abs(np.nan_to_num(p_score)), np.abs(np.nan_to_num(c_score)))))
+        abs_delta = np.abs(delta)
+        flags = {"exact": base["same_hash"] & base["hashed"], "tolerant": base["tolerant"], "scored": scored,
+                 "abs_ok": scored & (abs_delta <= settings.abs_tolerance),
+                 "rel_ok": scored & (abs_delta <= settings.rel_tolerance *
+                                     np.maximum(np.abs(np.nan_to_num(p_score)), np.abs(np.nan_to_num(c_score))))}
+        del delta, abs_delta
         crossing = np.zeros(n, dtype=bool)
         for t in settings.thresholds:
             crossing |= scored & ((p_score < t) != (c_score < t))
-        self.add("crossing", crossing)
-        _, _, one_sided = one_sided_fields(_text(frame, "production_raw"), _text(frame, "candidate_raw"))
-        one_sided |= np.isfinite(p_score) != np.isfinite(c_score)
-        one_sided |= np.array([(a is None) != (b is None) for a, b in zip(p_label, c_label)], dtype=bool)
-        self.add("one_sided", one_sided)
-
-        labelled = np.array([a is not None and b is not None for a, b in zip(p_label, c_label)], dtype=bool)
-        agree = labelled & np.array([a == b for a, b in zip(p_label, c_label)], dtype=bool)
-        self.add("labelled", labelled)
-        self.add("agree", agree)
-        self.add("flip", labelled & ~agree)
-        self.kappa_classes = sorted({x for x, ok in zip(p_label, labelled) if ok} |
-                                    {x for x, ok in zip(c_label, labelled) if ok})
-        for k, label in enumerate(self.kappa_classes):
-            self.add(f"kp{k}", labelled & np.array([x == label for x in p_label], dtype=bool))
-            self.add(f"kc{k}", labelled & np.array([x == label for x in c_label], dtype=bool))
-
-        # noise floor
-        replay_raw = _text(frame, "production_replay_raw")
-        replayed = replay_raw.notna().to_numpy(bool)
+        flags["crossing"] = crossing
+        labelled = (p_label >= 0) & (c_label >= 0)
+        self.one_sided = base["fields_one_sided"] | (np.isfinite(p_score) != np.isfinite(c_score)) | \
+            ((p_label < 0) != (c_label < 0))
+        flags["one_sided"] = self.one_sided
+        replayed = base["replayed"]
         self.replayed_any = bool(replayed.any())
-        same = np.array([bool(r) and _same_canonical(p, a, settings.decimals)
-                         for p, a, r in zip(_text(frame, "production_raw"), replay_raw, replayed)], dtype=bool)
-        self.add("replayed", replayed)
-        self.add("replay_same", same)
+        flags["replayed"], flags["replay_same"] = replayed, base["replay_same"]
         replay_scored = replayed & np.isfinite(r_score) & np.isfinite(p_score)
-        self.add("replay_scored", replay_scored)
-        self.add("replay_abs_delta", np.where(replay_scored, np.abs(r_score - p_score), 0.0))
-        replay_labelled = replayed & np.array([a is not None and b is not None for a, b in zip(p_label, r_label)], dtype=bool)
-        self.add("replay_labelled", replay_labelled)
-        self.add("replay_flip", replay_labelled & np.array([a != b for a, b in zip(p_label, r_label)], dtype=bool))
-        self.noise_abs = np.where(replay_scored, np.abs(r_score - p_score), np.nan)
-        self.frame = frame
-        real = beyond_noise(frame, noise_band(frame, settings.noise_quantile, settings.abs_tolerance),
-                            settings.abs_tolerance, settings.rel_tolerance)
-        self.add("real", real)
-        replay_kept = np.array([b is None or a == b for a, b in zip(p_label, r_label)], dtype=bool)
-        self.add("real_flip", labelled & ~agree & replay_kept)
+        flags["replay_scored"] = replay_scored
+        self.noise_abs = np.where(replay_scored, np.abs(r_score - p_score), np.nan) if self.replayed_any \
+            else np.broadcast_to(np.nan, (n,))
 
-        # ground truth
+        self.flip_bool = labelled & (p_label != c_label)
+        self.band = noise_band_of(base["noise"], r_score, p_score, settings.noise_quantile, settings.abs_tolerance)
+        label_real = self.flip_bool & ~((r_label >= 0) & (p_label >= 0) & (r_label != p_label))
+        self.real = beyond_noise_of(p_score, c_score, labelled, label_real, base["same_hash"], base["tolerant"],
+                                    self.band, settings.abs_tolerance, settings.rel_tolerance)
+        flags["real"] = self.real
+        if task == "regression":
+            self.truth_value = base["truth_value"]
+            flags["truth_num"] = np.isfinite(self.truth_value) & scored
+        else:
+            flags["truth_num"] = np.zeros(n, dtype=bool)
+
+        kappa = np.unique(np.concatenate([p_label[labelled], c_label[labelled]]))
+        self.kappa_classes = sorted(texts[k] for k in kappa)
         self.positive: str | None = None
         self.classes: tuple[list[str], list[str]] = ([], [])
+        self.auc_rows = np.zeros(n, dtype=bool)
         if task == "classification":
-            self._classification(p_label, c_label, truth, settings)
-        elif task == "regression":
-            self._regression(truth)
+            has = (truth >= 0) & labelled
+            seen_truth = {texts[k] for k in np.unique(truth[has])}
+            p_seen, c_seen = {texts[k] for k in np.unique(p_label[has])}, {texts[k] for k in np.unique(c_label[has])}
+            seen = seen_truth | p_seen | c_seen
+            if len(seen) <= 2:
+                positive = settings.positive_label or ("1" if "1" in seen else (sorted(seen)[-1] if seen else None))
+                self.positive = positive
+                self.classes = ([positive], [positive]) if positive is not None else ([], [])
+            else:  # macro average over the classes in the truth or in that model's predictions, as scikit-learn does
+                self.classes = (sorted(seen_truth | p_seen), sorted(seen_truth | c_seen))
+            self.auc_rows = np.isfinite(p_score) & np.isfinite(c_score) & (truth >= 0)
+        self._class_codes = {label: code_of.get(label, -2)
+                             for label in sorted(set(self.classes[0]) | set(self.classes[1]))}
+        self._kappa_codes = [code_of[label] for label in self.kappa_classes]
 
-    def add(self, name: str, values: np.ndarray) -> None:
-        self.cols[name] = np.asarray(values, dtype=float)
+        # One group per distinct (flags, label codes): the indicator columns are the same within it.
+        key = np.zeros(n, dtype=np.int64)
+        for bit, name in enumerate(_FLAGS):
+            key |= flags[name].astype(np.int64) << bit
+        for codes in (p_label, c_label, r_label, truth if task == "classification" else None):
+            if codes is None:
+                continue
+            width = int(codes.max(initial=-1)) + 2
+            if int(key.max(initial=0)) >= (2**62) // width:
+                key = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(-1)
+            key = key * width + (codes.astype(np.int64) + 1)
+        if int(key.max(initial=0)) < _DENSE_KEYS:  # small keys: number them without sorting the records
+            present = np.bincount(key, minlength=1) > 0
+            number = np.cumsum(present) - 1
+            self.group = number[key].astype(np.int32)
+            del present, number
+            first = np.empty(int(self.group.max(initial=-1)) + 1, dtype=np.int64)
+            first[self.group] = np.arange(n)  # any record of a group stands for it (here: its last)
+        else:
+            _, first, group = np.unique(key, return_index=True, return_inverse=True)
+            self.group = group.reshape(-1).astype(np.int32)
+            del group
+        del key
+        representative = {name: values[first] for name, values in
+                          (("p", p_label), ("c", c_label), ("r", r_label), ("t", truth))}
+        indicators = self._indicators({name: values[first] for name, values in flags.items()}, representative)
+        del flags
+        self.indicator_names = list(indicators)
+        self.group_values = np.column_stack([indicators[name] for name in self.indicator_names]).astype(float) \
+            if len(first) else np.zeros((0, len(self.indicator_names)))
+        self.float_names = ["delta", "abs_delta", "p_score", "c_score", "replay_abs_delta"] + \
+            (["p_abs_err", "c_abs_err", "p_sq_err", "c_sq_err"] if task == "regression" else [])
 
-    def _classification(self, p_label, c_label, truth, settings: _Settings) -> None:
-        has = np.array([t is not None and a is not None and b is not None for t, a, b in zip(truth, p_label, c_label)], dtype=bool)
-        self.add("truth_lab", has)
-        self.add("p_correct", has & np.array([a == t for a, t in zip(p_label, truth)], dtype=bool))
-        self.add("c_correct", has & np.array([b == t for b, t in zip(c_label, truth)], dtype=bool))
-        seen_truth = {t for t, ok in zip(truth, has) if ok}
-        seen = seen_truth | {x for x, ok in zip(p_label, has) if ok} | {x for x, ok in zip(c_label, has) if ok}
-        if len(seen) <= 2:
-            positive = settings.positive_label or ("1" if "1" in seen else (sorted(seen)[-1] if seen else None))
-            self.positive = positive
-            self.classes = ([positive], [positive]) if positive is not None else ([], [])
-        else:  # macro average over the classes in the truth or in that model's predictions, as scikit-learn does
-            self.classes = (sorted(seen_truth | {x for x, ok in zip(p_label, has) if ok}),
-                            sorted(seen_truth | {x for x, ok in zip(c_label, has) if ok}))
-        for label in sorted(set(self.classes[0]) | set(self.classes[1])):
-            actual = has & np.array([t == label for t in truth], dtype=bool)
-            self.add(f"ap:{label}", actual)
-            for side, predicted in (("p", p_label), ("c", c_label)):
-                said = has & np.array([x == label for x in predicted], dtype=bool)
-                self.add(f"{side}pp:{label}", said)
-                self.add(f"{side}tp:{label}", said & actual)
-        self.auc_rows = np.isfinite(self.p_score) & np.isfinite(self.c_score) & \
-            np.array([t is not None for t in truth], dtype=bool)
+    def _indicators(self, f: dict[str, np.ndarray], codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The 0/1 columns (in the order the statistics name them) of records with these flags and codes."""
+        p_label, c_label, r_label, truth = codes["p"], codes["c"], codes["r"], codes["t"]
+        cols: dict[str, np.ndarray] = {"one": np.ones(p_label.size, dtype=bool), "exact": f["exact"],
+                                       "tolerant": f["tolerant"], "scored": f["scored"], "abs_ok": f["abs_ok"],
+                                       "rel_ok": f["rel_ok"], "crossing": f["crossing"],
+                                       "one_sided": f["one_sided"]}
+        labelled = (p_label >= 0) & (c_label >= 0)
+        agree = labelled & (p_label == c_label)
+        cols.update(labelled=labelled, agree=agree, flip=labelled & ~agree)
+        for k, code in enumerate(self._kappa_codes):
+            cols[f"kp{k}"] = labelled & (p_label == code)
+            cols[f"kc{k}"] = labelled & (c_label == code)
+        replay_labelled = f["replayed"] & (p_label >= 0) & (r_label >= 0)
+        cols.update(replayed=f["replayed"], replay_same=f["replay_same"], replay_scored=f["replay_scored"],
+                    replay_labelled=replay_labelled, replay_flip=replay_labelled & (p_label != r_label),
+                    real=f["real"], real_flip=labelled & ~agree & ((r_label < 0) | (p_label == r_label)))
+        if self.task == "classification":
+            has = (truth >= 0) & labelled
+            cols.update(truth_lab=has, p_correct=has & (p_label == truth), c_correct=has & (c_label == truth))
+            for label, code in self._class_codes.items():
+                actual = has & (truth == code)
+                cols[f"ap:{label}"] = actual
+                for side, predicted in (("p", p_label), ("c", c_label)):
+                    said = has & (predicted == code)
+                    cols[f"{side}pp:{label}"] = said
+                    cols[f"{side}tp:{label}"] = said & actual
+        elif self.task == "regression":
+            cols["truth_num"] = f["truth_num"]
+        return cols
 
-    def _regression(self, truth) -> None:
-        values = np.array([_number(t) for t in truth], dtype=float)
-        has = np.isfinite(values) & np.isfinite(self.p_score) & np.isfinite(self.c_score)
-        self.add("truth_num", has)
-        for side, score in (("p", self.p_score), ("c", self.c_score)):
-            error = np.where(has, score - np.nan_to_num(values), 0.0)
-            self.add(f"{side}_abs_err", np.abs(error))
-            self.add(f"{side}_sq_err", error ** 2)
+    def float_column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A real-valued column over some records (NaN-free; 0 where it does not apply)."""
+        p, c = self.p_score[rows], self.c_score[rows]
+        scored = np.isfinite(p) & np.isfinite(c)
+        if name in ("delta", "abs_delta"):
+            delta = np.where(scored, c - p, 0.0)
+            return delta if name == "delta" else np.abs(delta)
+        if name in ("p_score", "c_score"):
+            return np.where(scored, p if name == "p_score" else c, 0.0)
+        if name == "replay_abs_delta":
+            noise = self.noise_abs[rows]
+            return np.where(np.isfinite(noise), noise, 0.0)
+        values = self.truth_value[rows]
+        has = np.isfinite(values) & scored
+        error = np.where(has, (p if name.startswith("p") else c) - np.nan_to_num(values), 0.0)
+        return np.abs(error) if name.endswith("abs_err") else error ** 2
+
+    def group_column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return (self.group_values[:, self.indicator_names.index(name)] > 0)[self.group[rows]]
 
 
 # ---------------------------------------------------------------- statistics of one scope
@@ -337,15 +582,37 @@ class _Means:
     """Column means of one scope and of its bootstrap resamples; statistics are functions of them."""
 
     def __init__(self, columns: _RecordColumns, rows: np.ndarray, settings: _Settings, seed: int):
-        self.names = list(columns.cols)
+        self.names = columns.indicator_names + columns.float_names
         self.index = {name: i for i, name in enumerate(self.names)}
-        matrix = np.column_stack([columns.cols[name][rows] for name in self.names]) if len(rows) else \
-            np.zeros((0, len(self.names)))
-        self.n = len(rows)
-        self.point = matrix.mean(axis=0) if self.n else np.full(len(self.names), np.nan)
+        self.n = n = columns.n if rows is _ALL else len(rows)
         self.confidence = settings.confidence
-        self.boot = stats.bootstrap_means(matrix, settings.bootstrap_resamples, seed) \
-            if self.n >= 2 and settings.bootstrap_resamples > 0 else None
+        groups = columns.group[rows]
+        width = len(columns.indicator_names)
+        floats, constant = [], {}
+        for name in columns.float_names:
+            values = columns.float_column(name, rows)
+            if not values.any():
+                constant[name] = 0.0  # all zero (nothing replayed, say): its mean is 0 in every resample
+            else:
+                floats.append((name, values))
+        self.point = np.full(len(self.names), np.nan)
+        if n:
+            # Matrix means add the records up in order, so the sums below are the very same numbers.
+            self.point[:width] = np.bincount(groups, minlength=columns.group_values.shape[0]) @ \
+                columns.group_values / n
+            for name, values in floats:
+                self.point[self.index[name]] = stats.naive_mean(values)
+            for name in constant:
+                self.point[self.index[name]] = 0.0
+        self.boot = None
+        if n >= 2 and settings.bootstrap_resamples > 0:
+            drawn = stats.bootstrap_means_grouped(groups, columns.group_values, [v for _, v in floats],
+                                                  settings.bootstrap_resamples, seed)
+            self.boot = np.zeros((settings.bootstrap_resamples, len(self.names)))
+            self.boot[:, :width] = drawn[:, :width]
+            for j, (name, _) in enumerate(floats):
+                self.boot[:, self.index[name]] = drawn[:, width + j]
+        del floats
 
     def count(self, name: str) -> int:
         return int(round(self.point[self.index[name]] * self.n)) if self.n else 0
@@ -396,14 +663,14 @@ def _scope_metrics(columns: _RecordColumns, rows: np.ndarray, slice_name: str, s
     rate("one_sided_output_rate", "one_sided", "one")
     value_metric("mean_score_delta", lambda m: m("delta") / m("scored"), scored)
     value_metric("mean_abs_score_delta", lambda m: m("abs_delta") / m("scored"), scored)
-    abs_delta = columns.cols["abs_delta"][rows][columns.cols["scored"][rows] > 0]
+    both = columns.group_column("scored", rows)
+    abs_delta = columns.float_column("abs_delta", rows)[both]
     out.append(MetricValue("p95_abs_score_delta", float(np.quantile(abs_delta, 0.95)) if abs_delta.size else None,
                            slice=slice_name, support=int(abs_delta.size)))
     out.append(MetricValue("max_abs_score_delta", float(abs_delta.max()) if abs_delta.size else None,
                            slice=slice_name, support=int(abs_delta.size)))
     out.append(_per_model(means, "mean_score", lambda m: m("p_score") / m("scored"),
                           lambda m: m("c_score") / m("scored"), scored, slice_name))
-    both = columns.cols["scored"][rows] > 0
     production_scores, candidate_scores = columns.p_score[rows][both], columns.c_score[rows][both]
     ks, ks_p = stats.ks_2samp(production_scores, candidate_scores)
     support = int(both.sum())
@@ -432,7 +699,6 @@ def _scope_metrics(columns: _RecordColumns, rows: np.ndarray, slice_name: str, s
                               lambda m: m("c_abs_err") / m("truth_num"), count, slice_name))
         out.append(_per_model(means, "rmse", lambda m: np.sqrt(m("p_sq_err") / m("truth_num")),
                               lambda m: np.sqrt(m("c_sq_err") / m("truth_num")), count, slice_name))
-    assert n == len(rows)
     return out
 
 
@@ -456,10 +722,10 @@ def _classification_metrics(columns: _RecordColumns, means: _Means, rows: np.nda
     for kind in ("precision", "recall", "f1"):
         out.append(_per_model(means, kind, macro("p", p_classes, kind), macro("c", c_classes, kind), count,
                               slice_name))
-    production_only_wrong = int(np.sum((columns.cols["c_correct"][rows] > 0) & (columns.cols["p_correct"][rows] == 0)
-                                       & (columns.cols["truth_lab"][rows] > 0)))
-    candidate_only_wrong = int(np.sum((columns.cols["p_correct"][rows] > 0) & (columns.cols["c_correct"][rows] == 0)
-                                      & (columns.cols["truth_lab"][rows] > 0)))
+    p_correct, c_correct = columns.group_column("p_correct", rows), columns.group_column("c_correct", rows)
+    truth_lab = columns.group_column("truth_lab", rows)
+    production_only_wrong = int(np.sum(c_correct & ~p_correct & truth_lab))
+    candidate_only_wrong = int(np.sum(p_correct & ~c_correct & truth_lab))
     out.append(MetricValue("mcnemar_p_value", stats.mcnemar_exact(production_only_wrong, candidate_only_wrong)
                            if count else None, slice=slice_name, support=production_only_wrong + candidate_only_wrong))
     out.append(_roc_auc(columns, rows, slice_name, settings, full))
@@ -471,8 +737,9 @@ def _roc_auc(columns: _RecordColumns, rows: np.ndarray, slice_name: str, setting
     """ROC AUC of each model's score for the positive class; the delta's interval on the whole run only."""
     if columns.positive is None:
         return MetricValue("roc_auc", None, slice=slice_name)
-    keep = rows[columns.auc_rows[rows]]
-    positive = np.array([columns.truth[i] == columns.positive for i in keep], dtype=bool)
+    keep = np.flatnonzero(columns.auc_rows) if rows is _ALL else rows[columns.auc_rows[rows]]
+    positive_code = columns.texts.index(columns.positive) if columns.positive in columns.texts else -2
+    positive = columns.truth_code[keep] == positive_code
     p, c = columns.p_score[keep], columns.c_score[keep]
     production, candidate = stats.roc_auc(positive, p), stats.roc_auc(positive, c)
     low = high = None
@@ -513,22 +780,6 @@ def _per_model_values(name: str, production: float | None, candidate: float | No
                        support=support)
 
 
-def _task(frame: pd.DataFrame, task: Task) -> Literal["classification", "regression"]:
-    """Classification when the models give labels and the truth looks categorical, else regression."""
-    if task != "auto":
-        return task
-    truth = frame["ground_truth_label"].dropna().unique()
-    numbers = [number_from_text(str(value)) for value in truth]
-    if any(number is None for number in numbers):
-        return "classification"
-    categorical = all(float(number).is_integer() for number in numbers) and len(numbers) <= _MAX_CLASSES
-    labelled = bool(_column(frame, "candidate_label").notna().any())
-    scored = bool(_column(frame, "candidate_score").notna().any())
-    if categorical and labelled:
-        return "classification"
-    return "regression" if scored else "classification"
-
-
 def _same_canonical(captured: str | None, replayed: str | None, decimals: int) -> bool:
     if captured is None or replayed is None:
         return False
@@ -541,6 +792,11 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
     both = production.notna() & candidate.notna()
     return pd.DataFrame({"production_label": production[both].astype(str),
                          "candidate_label": candidate[both].astype(str)})
+
+
+def _paired(production: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    both = np.isfinite(production) & np.isfinite(candidate)
+    return production[both], candidate[both]
 
 
 def _paired_scores(frame: pd.DataFrame, other: str) -> tuple[np.ndarray, np.ndarray]:

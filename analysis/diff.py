@@ -101,9 +101,15 @@ def noise_band(frame: pd.DataFrame, quantile: float, abs_tolerance: float) -> fl
 
     None when production was not replayed (no noise floor: only the tolerance applies).
     """
-    noise = _numeric(frame, "noise_abs_diff")
+    return noise_band_of(_numeric(frame, "noise_abs_diff"), _numeric(frame, "production_replay_score"),
+                         _numeric(frame, "production_score"), quantile, abs_tolerance)
+
+
+def noise_band_of(noise: np.ndarray, replay_score: np.ndarray, production_score: np.ndarray, quantile: float,
+                  abs_tolerance: float) -> float | None:
+    """noise_band over per-record arrays: the join's noise_abs_diff, else |replayed - captured| production score."""
     if not np.isfinite(noise).any():  # frames built without the join's column: derive it
-        noise = np.abs(_numeric(frame, "production_replay_score") - _numeric(frame, "production_score"))
+        noise = np.abs(replay_score - production_score)
     noise = noise[np.isfinite(noise)]
     if noise.size == 0:
         return None
@@ -124,25 +130,32 @@ def beyond_noise(frame: pd.DataFrame, band: float | None, abs_tolerance: float, 
     production_label = _text(frame, "production_label")
     candidate_label = _text(frame, "candidate_label")
     replay_label = _text(frame, "production_replay_label")
-    labelled = production_label.notna() & candidate_label.notna()
-    flipped = labelled & (production_label != candidate_label)
-    replay_flipped = replay_label.notna() & production_label.notna() & (replay_label != production_label)
-    label_real = (flipped & ~replay_flipped).to_numpy(bool)
+    labelled = (production_label.notna() & candidate_label.notna()).to_numpy(bool)
+    flipped = labelled & (production_label != candidate_label).to_numpy(bool)
+    replay_flipped = (replay_label.notna() & production_label.notna()
+                      & (replay_label != production_label)).to_numpy(bool)
+    same_hash = (_text(frame, "production_hash") == _text(frame, "candidate_hash")).to_numpy(bool)
+    tolerant = frame["tolerant_match"].astype("boolean").fillna(False).to_numpy(bool) \
+        if "tolerant_match" in frame else np.zeros(n, bool)
+    return beyond_noise_of(_numeric(frame, "production_score"), _numeric(frame, "candidate_score"), labelled,
+                           flipped & ~replay_flipped, same_hash, tolerant, band, abs_tolerance, rel_tolerance)
 
-    p, c = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
+
+def beyond_noise_of(production_score: np.ndarray, candidate_score: np.ndarray, labelled: np.ndarray,
+                    label_real: np.ndarray, same_hash: np.ndarray, tolerant: np.ndarray, band: float | None,
+                    abs_tolerance: float, rel_tolerance: float) -> np.ndarray:
+    """beyond_noise over per-record arrays (label_real: flipped where replayed production did not flip)."""
+    p, c = production_score, candidate_score
     scored = np.isfinite(p) & np.isfinite(c)
     change = np.where(scored, np.abs(c - p), 0.0)
     if band is None:
         allowed = np.maximum(abs_tolerance, rel_tolerance * np.maximum(np.abs(p), np.abs(c)))
+        allowed = np.where(np.isfinite(allowed), allowed, 0.0)
     else:
-        allowed = np.full(n, band)
-    score_real = scored & (change > np.where(np.isfinite(allowed), allowed, 0.0))
-
-    same_hash = (_text(frame, "production_hash") == _text(frame, "candidate_hash")).to_numpy(bool)
-    tolerant = frame["tolerant_match"].astype("boolean").fillna(False).to_numpy(bool) \
-        if "tolerant_match" in frame else np.zeros(n, bool)
-    unscored = ~labelled.to_numpy(bool) & ~scored
-    other_real = unscored & ~same_hash & ~tolerant
+        allowed = band
+    score_real = scored & (change > allowed)
+    del change
+    other_real = ~labelled & ~scored & ~same_hash & ~tolerant
     return (label_real | score_real | other_real) & ~same_hash
 
 
@@ -200,25 +213,48 @@ def top_changes(frame: pd.DataFrame, real: np.ndarray, limit: int) -> tuple[Chan
     if len(frame) == 0 or limit <= 0:
         return ()
     p, c = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
-    delta = c - p
-    magnitude = np.where(np.isfinite(delta), np.abs(delta), 0.0)
     flipped = (_text(frame, "production_label") != _text(frame, "candidate_label")).to_numpy(bool) & \
         _text(frame, "production_label").notna().to_numpy(bool) & _text(frame, "candidate_label").notna().to_numpy(bool)
     differs = (_text(frame, "production_hash") != _text(frame, "candidate_hash")).to_numpy(bool)
     record_ids = _text(frame, "record_id").fillna("").to_numpy(str)
-    # lexsort: the last key sorts first; record id last breaks ties so row order never matters.
-    order = np.lexsort((record_ids, -magnitude, ~flipped, ~real))
-    order = [i for i in order if differs[i] or flipped[i] or magnitude[i] > 0][:limit]
+    # record id breaks ties so row order never matters
+    order = top_change_order(p, c, flipped, differs, real, limit, tie=np.argsort(record_ids, kind="stable"))
     noise = _numeric(frame, "noise_abs_diff")
-    rows = frame.iloc[order] if order else frame.iloc[0:0]
-    return tuple(ChangedRecord(
-        record_id=str(record_ids[i]),
-        input_text=_clip(row.get("input_text")),
-        production_raw=_clip(row.get("production_raw")), candidate_raw=_clip(row.get("candidate_raw")),
-        production_score=_float(p[i]), candidate_score=_float(c[i]),
-        production_label=_str(row.get("production_label")), candidate_label=_str(row.get("candidate_label")),
-        score_delta=_float(delta[i]), noise_abs_diff=_float(noise[i]), beyond_noise=bool(real[i]))
-        for i, (_, row) in zip(order, rows.iterrows()))
+    rows = frame.iloc[order] if len(order) else frame.iloc[0:0]
+    return tuple(changed_record(str(record_ids[i]), row.get("input_text"), row.get("production_raw"),
+                                row.get("candidate_raw"), p[i], c[i], _str(row.get("production_label")),
+                                _str(row.get("candidate_label")), noise[i], bool(real[i]))
+                 for i, (_, row) in zip(order, rows.iterrows()))
+
+
+def top_change_order(production_score: np.ndarray, candidate_score: np.ndarray, flipped: np.ndarray,
+                     differs: np.ndarray, real: np.ndarray, limit: int, tie: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the top changes: real first, then flips, then by |score delta|, then `tie` order.
+
+    `tie` lists the positions in tie-break order (record id order); None: position order itself.
+    """
+    delta = candidate_score - production_score
+    magnitude = np.where(np.isfinite(delta), np.abs(delta), 0.0)
+    del delta
+    candidates = np.flatnonzero(differs | flipped | (magnitude > 0))
+    if tie is not None:
+        rank = np.empty(len(tie), dtype=np.int64)
+        rank[tie] = np.arange(len(tie))
+        candidates = candidates[np.argsort(rank[candidates], kind="stable")]
+    # lexsort: the last key sorts first, and it is stable, so ties keep the tie-break order
+    chosen = np.lexsort((-magnitude[candidates], ~flipped[candidates], ~real[candidates]))[:max(limit, 0)]
+    return candidates[chosen]
+
+
+def changed_record(record_id: str, input_text: Any, production_raw: Any, candidate_raw: Any,
+                   production_score: float, candidate_score: float, production_label: str | None,
+                   candidate_label: str | None, noise_abs_diff: float, real: bool) -> ChangedRecord:
+    return ChangedRecord(
+        record_id=record_id, input_text=_clip(input_text), production_raw=_clip(production_raw),
+        candidate_raw=_clip(candidate_raw), production_score=_float(production_score),
+        candidate_score=_float(candidate_score), production_label=production_label,
+        candidate_label=candidate_label, score_delta=_float(candidate_score - production_score),
+        noise_abs_diff=_float(noise_abs_diff), beyond_noise=real)
 
 
 def record_diff(frame: pd.DataFrame, thresholds: tuple[float, ...], top: int, noise_quantile: float,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jmespath
+import numpy as np
 import pandas as pd
 
 from analysis.canonical import number_from_text
@@ -52,19 +53,24 @@ class Segment:
 
 def slice_values(frame: pd.DataFrame, spec: SliceSpec) -> list[str]:
     """The segment value of every record (MISSING where the value is absent), in row order."""
+    raw = raw_slice_values(frame, spec)
+    return _categorical(raw) if _is_categorical(spec) else raw
+
+
+def raw_slice_values(frame: pd.DataFrame, spec: SliceSpec) -> list[str | None]:
+    """Each record's slice value before a categorical slice keeps its most frequent values (None: missing)."""
     if spec.by == "hour":
         times = pd.to_datetime(frame["inference_time"], utc=True, errors="coerce") if "inference_time" in frame \
             else pd.Series([pd.NaT] * len(frame))
         return [MISSING if pd.isna(t) else t.strftime("%Y-%m-%dT%H:00Z") for t in times]
     if spec.by == "attribute":
         column = frame["custom_attributes"] if "custom_attributes" in frame else [None] * len(frame)
-        raw = [attribute(text, spec.key or "") for text in column]
-        return _categorical(raw)
+        return [attribute(text, spec.key or "") for text in column]
     column = frame["input_text"] if "input_text" in frame else [None] * len(frame)
     raw = [feature(text, spec.column, spec.path) for text in column]
     if spec.bins:
         return [bin_label(value, spec.bins) for value in raw]
-    return _categorical(None if value is None else _text(value) for value in raw)
+    return [None if value is None else _text(value) for value in raw]
 
 
 def segments(frame: pd.DataFrame, specs: Sequence[SliceSpec], min_support: int) \
@@ -73,13 +79,57 @@ def segments(frame: pd.DataFrame, specs: Sequence[SliceSpec], min_support: int) 
 
     Segments are sorted by name within a definition (hours in time order, bins in edge order).
     """
-    out: list[tuple[Segment, pd.Index]] = []
-    for spec in specs:
-        values = pd.Series(slice_values(frame, spec), index=frame.index, dtype=object)
-        for value in sorted(values.unique(), key=lambda v: _order(v, spec)):
-            rows = values.index[values == value]
-            out.append((Segment(spec.name, f"{spec.name}={value}", len(rows), len(rows) >= min_support), rows))
-    return out
+    builder = SegmentBuilder(specs, min_support)
+    builder.add(frame)
+    return [(segment, frame.index[rows]) for segment, rows in builder.segments(np.arange(len(frame)))]
+
+
+class SegmentBuilder:
+    """segments() over records that arrive part by part: per record only a small integer code is kept.
+
+    Each definition keeps its distinct values (hours, bins, attribute or feature values) and one int32
+    code per record; a categorical definition folds all but its MAX_CATEGORIES most frequent values
+    into `other` at the end, exactly as segments() over all records at once does.
+    """
+
+    def __init__(self, specs: Sequence[SliceSpec], min_support: int):
+        self.specs, self.min_support = tuple(specs), min_support
+        self._values: list[dict[str, int]] = [{} for _ in self.specs]
+        self._codes: list[list[np.ndarray]] = [[] for _ in self.specs]
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """The next records (a part's frame), in the order finish's positions count them."""
+        for spec, values, codes in zip(self.specs, self._values, self._codes):
+            raw = raw_slice_values(frame, spec)
+            codes.append(np.fromiter((values.setdefault(MISSING if v is None else v, len(values)) for v in raw),
+                                     dtype=np.int32, count=len(raw)))
+
+    def segments(self, order: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
+        """Every segment with the positions it holds; position i is record order[i] of those added."""
+        out: list[tuple[Segment, np.ndarray]] = []
+        for spec, values, codes in zip(self.specs, self._values, self._codes):
+            code = np.concatenate(codes)[order] if codes else np.zeros(0, dtype=np.int32)
+            names = list(values)
+            if _is_categorical(spec):
+                counts = np.bincount(code, minlength=len(names))
+                keep = set(sorted(names, key=lambda v: (-counts[values[v]], v))[:MAX_CATEGORIES])
+                names = [v if v in keep else "other" for v in names]
+            final: dict[str, list[int]] = {}
+            for k, name in enumerate(names):
+                final.setdefault(name, []).append(k)
+            present = {name: ks for name, ks in final.items() if ks}
+            for value in sorted(present, key=lambda v: _order(v, spec)):
+                ks = present[value]
+                rows = np.flatnonzero(np.isin(code, ks) if len(ks) > 1 else code == ks[0])
+                rows = rows.astype(np.int32) if code.size < 2**31 else rows  # every record is in one: 4 bytes each
+                if rows.size:
+                    out.append((Segment(spec.name, f"{spec.name}={value}", int(rows.size),
+                                        int(rows.size) >= self.min_support), rows))
+        return out
+
+
+def _is_categorical(spec: SliceSpec) -> bool:
+    return spec.by == "attribute" or (spec.by != "hour" and not spec.bins)
 
 
 def feature(input_text: Any, column: int | None, path: str | None) -> Any:

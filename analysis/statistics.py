@@ -50,6 +50,60 @@ def bootstrap_means(columns: np.ndarray, resamples: int, seed: int) -> np.ndarra
     return out
 
 
+def bootstrap_means_grouped(groups: np.ndarray, group_values: np.ndarray, columns: Sequence[np.ndarray],
+                            resamples: int, seed: int) -> np.ndarray:
+    """bootstrap_means of [group_values[groups], *columns] without building that rows x columns matrix.
+
+    Indicator columns are functions of a record's group (a small integer: which labels, which flags),
+    so their resampled sums are group counts @ group_values, exact integers. `columns` are the real-valued
+    ones, one 1-D array each. The resamples are the very ones bootstrap_means draws from `seed` (same
+    blocks, same draws); memory per block is that of bootstrap_means, nothing per record is widened.
+    """
+    groups = np.asarray(groups)
+    group_values = np.asarray(group_values, dtype=float)  # groups x indicator columns
+    rows = groups.shape[0]
+    width = group_values.shape[1]
+    out = np.empty((resamples, width + len(columns)))
+    if rows == 0:
+        out[:] = np.nan
+        return out
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK // max(rows, 1))
+    for start in range(0, resamples, block):
+        stop = min(start + block, resamples)
+        size = stop - start
+        draws = rng.integers(0, rows, size=(size, rows))
+        counts = None
+        if width:
+            picked = groups[draws]
+            if size > 1:
+                picked = picked + group_values.shape[0] * np.arange(size)[:, None]
+            counts = np.bincount(picked.ravel(), minlength=size * group_values.shape[0])
+            del picked
+            out[start:stop, :width] = counts.reshape(size, -1) @ group_values / rows
+        if columns:
+            if size > 1:
+                draws += rows * np.arange(size)[:, None]
+            counts = np.bincount(draws.ravel(), minlength=size * rows).reshape(size, rows)
+            del draws
+            counts = counts.astype(float)  # as `@` would, once for every column
+            for j, column in enumerate(columns):
+                out[start:stop, width + j] = counts @ column / rows
+        del counts
+    return out
+
+
+def naive_mean(values: np.ndarray, chunk: int = _BLOCK) -> float:
+    """Mean by left-to-right summation (what ndarray.mean(axis=0) of a rows x columns matrix does per column)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return math.nan
+    total = 0.0
+    for start in range(0, values.size, chunk):
+        total = float(np.cumsum(np.concatenate(([total], values[start:start + chunk])))[-1])
+    return total / values.size
+
+
 def bootstrap_interval(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], resamples: int,
                        confidence: float, seed: int) -> Interval:
     """Percentile interval of a statistic of column means (accuracy, F1, RMSE, kappa, their deltas).
@@ -162,10 +216,13 @@ def ks_2samp(first: Sequence[float], second: Sequence[float]) -> tuple[float | N
     a, b = np.sort(_finite_array(first)), np.sort(_finite_array(second))
     if a.size == 0 or b.size == 0:
         return None, None
-    values = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, values, side="right") / a.size
-    cdf_b = np.searchsorted(b, values, side="right") / b.size
-    d = float(np.max(np.abs(cdf_a - cdf_b)))
+    d = 0.0
+    for values in (a, b):  # the ECDFs differ most at one of the sample points; a block of them at a time
+        for start in range(0, values.size, _BLOCK):
+            block = values[start:start + _BLOCK]
+            cdf_a = np.searchsorted(a, block, side="right") / a.size
+            cdf_b = np.searchsorted(b, block, side="right") / b.size
+            d = max(d, float(np.max(np.abs(cdf_a - cdf_b))))
     effective = a.size * b.size / (a.size + b.size)
     return d, kolmogorov_sf(math.sqrt(effective) * d)
 

@@ -1,6 +1,11 @@
 """Soak: a multi-million-record window through the whole embedded default, with peak memory per size.
 
     python -m bench.soak --records 1000000 2000000 [--out bench/out/soak] [--all-formats]
+    python -m bench.soak --records 1000000 2000000 --out bench/out/soak --stages compare publish
+
+`--stages` re-measures only the named stages (compare, gate, report, publish) on the run folders a
+previous soak left under --out (workspace-<records>-<suffix>/runs/soak), each size in a fresh
+interpreter, and writes soak-stages.json; stages not named but needed by a later one run unmeasured.
 
 For each size: generate a capture window in SageMaker's layout (bench/world.py; CSV callers by
 default, `--all-formats` adds JSON-document callers, replayed one request per call), then run
@@ -30,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, nargs="+", default=[1_000_000, 2_000_000])
     parser.add_argument("--out", type=Path, default=Path("bench/out/soak"))
     parser.add_argument("--all-formats", action="store_true", help="JSON-document callers too (slower replay)")
+    parser.add_argument("--stages", nargs="+", choices=RERUN_STAGES,
+                        help="re-measure only these stages on the run folders a previous soak left under --out")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.stages:
+        return _main_stages(args)
     results = []
     for records in args.records:
         suffix = "mixed" if args.all_formats else "csv"
@@ -51,6 +60,68 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "soak.json").write_text(json.dumps(summary, indent=2))
     print(_table(results))
     return 0
+
+
+RERUN_STAGES = ("compare", "gate", "report", "publish")
+
+
+def _main_stages(args) -> int:
+    suffix = "mixed" if args.all_formats else "csv"
+    results = []
+    for records in args.records:
+        workspace = args.out / f"workspace-{records}-{suffix}"
+        if not (workspace / "runs" / "soak" / "join" / "records").is_dir():
+            raise SystemExit(f"no joined run under {workspace}: run the whole soak first")
+        done = subprocess.run([sys.executable, "-m", "bench.soak", "--stages-one", str(workspace), *args.stages],
+                              check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(result)
+        stages = ", ".join(f"{name} {s['seconds']} s / {s['peak_rss_mb']:.0f} MB (from {s['start_rss_mb']:.0f} MB)"
+                           for name, s in result["stages"].items())
+        print(f"{result['records']:>10,} records: {stages}", flush=True)
+    summary = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform()}, "stages": args.stages, "sizes": results}
+    (args.out / "soak-stages.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_stages(workspace: str, names: list[str]) -> dict:
+    """Re-run compare .. publish on a finished soak run in this process, measuring the named stages."""
+    import logging
+
+    import pipeline
+    from analysis.gate import decide
+    from steps import compare, report
+    from steps.backends.catalog import LocalCatalog
+    from steps.config import config_from_mapping
+    from steps.regate import _accounting
+
+    logging.basicConfig(level=logging.WARNING)
+    run_dir = Path(workspace) / "runs" / "soak"
+    run_info = json.loads((run_dir / "run.json").read_text())
+    config = config_from_mapping(run_info["config"])
+    accounting = _accounting(run_dir)
+    stages: dict = {}
+
+    def measured(name: str, call):
+        if name not in names:
+            return call()
+        _reset_peak()
+        start = _current_mb()
+        started = time.perf_counter()
+        value = call()
+        stages[name] = {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": _peak_mb(),
+                        "start_rss_mb": start}
+        return value
+
+    comparison = measured("compare", lambda: compare.run(config, run_dir))
+    decision = measured("gate", lambda: decide(comparison, accounting, config.gate))
+    paths = measured("report", lambda: report.run(run_dir, run_info, accounting, comparison, decision))
+    if "publish" in names:
+        measured("publish", lambda: pipeline.publish_run(
+            LocalCatalog(Path(workspace), config.tables.database), run_dir, run_info, accounting, comparison,
+            decision, str(paths["report.html"])))
+    return {"records": accounting.joined, "stages": stages}
 
 
 def run_one(capture_root: str, workspace: str) -> dict:
@@ -124,6 +195,16 @@ def _reset_peak() -> None:
         pass
 
 
+def _current_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def _peak_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -154,5 +235,8 @@ def _table(results: list[dict]) -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
         print(json.dumps(run_one(*sys.argv[2:4])))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--stages-one"]:
+        print(json.dumps(run_stages(sys.argv[2], sys.argv[3:])))
         sys.exit(0)
     sys.exit(main())

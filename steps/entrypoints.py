@@ -213,7 +213,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _glue(tables_uri: str, config: Config, settings: AwsSettings, session: Any) -> Any:
     from steps.backends.catalog_glue import GlueCatalog
 
-    return GlueCatalog(tables_uri, config.tables.database, session, settings.athena_workgroup)
+    return GlueCatalog(tables_uri, config.tables.database, session, settings.athena_workgroup,
+                       kms_key_id=settings.kms_key_id)
 
 
 def _boto3(settings: AwsSettings) -> Any:

@@ -155,3 +155,66 @@ def test_bad_frames_are_refused_before_writing(catalog, table, frame, message):
 def test_bad_database_names_are_refused(tmp_path, database):
     with pytest.raises(CatalogError, match="database"):
         LocalCatalog(tmp_path, database)
+
+
+def test_each_part_becomes_its_own_file_and_a_rewrite_swaps_the_whole_partition(catalog, tmp_path):
+    parts = []
+    for i, labels in enumerate([[("0", "0")], [], [("1", "0"), ("1", "1")], [("2", "2")]]):
+        path = tmp_path / f"{i}.parquet"
+        records("r1", labels).drop(columns=["run_id"]).to_parquet(path)
+        parts.append(path)
+    catalog.write_partition("shadow_records", "r1", parts)
+    folder = catalog.tables / "shadow_records" / "run_id=r1"
+    # the empty part writes no file; the others one each
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    catalog.refresh()
+    assert catalog.query("SELECT count(*) AS n FROM shadow_records")["n"].tolist() == [4]
+    catalog.write_partition("shadow_records", "r1", parts[:1])  # fewer parts: no stale file survives
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
+    catalog.refresh()
+    assert catalog.query("SELECT count(*) AS n FROM shadow_records")["n"].tolist() == [1]
+    assert [p.name for p in folder.parent.iterdir()] == ["run_id=r1"]  # no staging folder left behind
+
+
+def test_a_bad_part_midway_leaves_the_old_partition_whole(catalog, tmp_path):
+    catalog.write_partition("shadow_records", "r1", records("r1", [("0", "0"), ("1", "1")]))
+    good, bad = tmp_path / "0.parquet", tmp_path / "1.parquet"
+    records("r1", [("1", "0")]).drop(columns=["run_id"]).to_parquet(good)
+    records("r2", [("1", "0")]).to_parquet(bad)  # another run's rows
+    with pytest.raises(CatalogError, match="r2"):
+        catalog.write_partition("shadow_records", "r1", [good, bad])
+    catalog.refresh()
+    assert catalog.query("SELECT count(*) AS n FROM shadow_records")["n"].tolist() == [2]
+    folder = catalog.tables / "shadow_records"
+    assert [p.name for p in folder.iterdir()] == ["run_id=r1"]
+
+
+def test_parts_are_read_one_at_a_time(catalog, tmp_path, monkeypatch):
+    """Publishing a window holds one part in memory, never all of them (no concatenation)."""
+    import pyarrow as pa
+
+    from steps.backends import catalog as module
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.parquet"
+        records("r1", [("0", "1")] * (i + 1)).drop(columns=["run_id"]).to_parquet(path)
+        paths.append(path)
+    live, peak, read = [0], [0], module.pq.read_table
+
+    def counting(path, *args, **kwargs):
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        return read(path, *args, **kwargs)
+
+    written = module.pq.write_table
+
+    def writing(table, where, *args, **kwargs):
+        written(table, where, *args, **kwargs)
+        live[0] -= 1
+
+    monkeypatch.setattr(module.pq, "read_table", counting)
+    monkeypatch.setattr(module.pq, "write_table", writing)
+    monkeypatch.setattr(pa, "concat_tables", lambda *a, **k: pytest.fail("parts were concatenated"))
+    catalog.write_partition("shadow_records", "r1", paths)
+    assert peak[0] == 1

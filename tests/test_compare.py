@@ -305,3 +305,75 @@ def test_replay_noise_is_not_blamed_on_the_candidate():
     assert value(result, "tolerant_match_rate") == 0.0  # without the noise floor everything differs
     assert value(result, "real_difference_rate") == 0.0
     assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), 0.99))
+
+
+def _streamed(frame: pd.DataFrame, config, parts: int, seed: int = 0):
+    """compare() fed part by part (the compare stage's way), parts in a shuffled order."""
+    from analysis.compare import Accumulator
+
+    rng = np.random.default_rng(seed)
+    shuffled = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    accumulator = Accumulator(config)
+    for chunk in np.array_split(np.arange(len(shuffled)), parts):
+        accumulator.add(shuffled.iloc[chunk])
+    order = shuffled["record_id"].sort_values(kind="stable").index.to_numpy()
+    return accumulator.finish(order, lambda positions: shuffled.iloc[positions])
+
+
+def test_records_streamed_part_by_part_give_the_very_same_comparison():
+    frame = BINARY.assign(record_id=[f"e{i:04d}:{i % 3}" for i in range(len(BINARY))],
+                          production_raw=[f'{{"score": {s}}}' for s in binary_p_score],
+                          candidate_raw=[f'{{"score": {s}, "x": 1}}' if i % 5 else f'{{"score": {s}}}'
+                                         for i, s in enumerate(binary_c_score)],
+                          production_replay_raw=[f'{{"score": {s}}}' for s in binary_p_score],
+                          production_replay_score=binary_p_score + RNG.normal(0, 0.01, len(BINARY)),
+                          input_text=[f"{i},{i % 4}" for i in range(len(BINARY))])
+    from steps.config import SliceConfig
+    config = CompareConfig(bootstrap_resamples=50, min_slice_support=5, top_changes=7,
+                           slices=(SliceConfig("v", column=1),))
+    whole = compare(frame, config)
+    for parts in (1, 3, 17):
+        streamed = _streamed(frame, config, parts, seed=parts)
+        assert streamed == whole, parts  # every metric, interval, count and top change, bit for bit
+
+
+def test_the_compare_stage_streams_parts_and_sorts_ids_in_duckdb(tmp_path):
+    """steps.compare.run over join/records parts equals compare() over all the records in one frame."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steps import compare as compare_step, join
+    from steps.config import config_from_mapping
+
+    n = len(BINARY)
+    frame = BINARY.assign(record_id=[f"e{(i * 7919) % 1000:03d}:{i % 2}" for i in range(n)],
+                          production_raw=[f'{{"score": {s}}}' for s in binary_p_score],
+                          candidate_raw=[f'{{"score": {s}}}' for s in binary_c_score],
+                          input_text=[f"{i}" for i in range(n)],
+                          inference_time=pd.Timestamp("2025-03-01T12:00:00Z")
+                          + pd.to_timedelta(np.arange(n) * 37, unit="s"))
+    frame.loc[3, "record_id"] = frame.loc[4, "record_id"]  # a duplicate id: ties keep part, then row order
+    records = join.RECORDS_SCHEMA
+    folder = tmp_path / "runs" / "r" / "join" / "records"
+    folder.mkdir(parents=True)
+    for k, chunk in enumerate(np.array_split(np.arange(n), 4)):
+        rows = frame.iloc[chunk].assign(run_id="r")
+        table = pa.table({f.name: pa.array(rows[f.name].tolist() if f.name in rows else [None] * len(rows), f.type)
+                          for f in records}, schema=records)
+        pq.write_table(table, folder / f"{k}.parquet")
+    config = config_from_mapping({"workspace": str(tmp_path), "compare": {"bootstrap_resamples": 40,
+                                                                          "top_changes": 5}})
+    streamed = compare_step.run(config, tmp_path / "runs" / "r")
+    assert streamed == compare(join.load_joined(tmp_path / "runs" / "r"), config.compare)
+    assert streamed.segments and streamed.diff.top_changes
+
+
+def test_regression_truth_with_more_distinct_values_than_label_codes(monkeypatch):
+    """Numeric ground truth of a regression is not label-coded past the cap; classification past it is refused."""
+    import analysis.compare as module
+
+    expected = compare(REGRESSION, CONFIG)
+    monkeypatch.setattr(module, "_MAX_LABELS", 10)
+    assert compare(REGRESSION, CONFIG) == expected and expected.task == "regression"
+    with pytest.raises(ValueError, match="distinct labels"):
+        compare(REGRESSION, CONFIG, task="classification")

@@ -150,3 +150,20 @@ def test_one_sided_p_reads_the_interval_as_a_standard_error():
         scipy_stats.norm.cdf(-2), rel=1e-3)
     assert stats.one_sided_p(0.5, 0.5, 0.5, 0.95, 0.6, "at_least") == 0.0
     assert stats.one_sided_p(0.5, None, None, 0.95, 0.6, "at_least") is None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 37, 2500])
+def test_grouped_bootstrap_draws_the_same_resamples_without_the_matrix(rows):
+    """Indicator columns given per group plus real-valued ones: the same means as bootstrap_means of the matrix."""
+    from analysis.statistics import bootstrap_means, bootstrap_means_grouped, naive_mean
+
+    rng = np.random.default_rng(rows)
+    groups = rng.integers(0, 6, rows)
+    group_values = (rng.random((6, 4)) < 0.5).astype(float)
+    real = [rng.normal(size=rows), np.abs(rng.normal(size=rows)) * 1e3]
+    matrix = np.column_stack([group_values[groups], *real])
+    expected = bootstrap_means(matrix, 130, seed=11)
+    got = bootstrap_means_grouped(groups, group_values, real, 130, seed=11)
+    assert np.array_equal(got[:, :4], expected[:, :4])  # counts: exact integers
+    assert np.allclose(got[:, 4:], expected[:, 4:], rtol=1e-12, atol=1e-12)  # sums in another order at most
+    assert [naive_mean(column) for column in real] == list(matrix.mean(axis=0)[4:])  # the same additions

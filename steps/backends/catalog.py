@@ -21,11 +21,16 @@ statement parses in sqlglot's Athena dialect with no function sqlglot does not k
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import itertools
 import logging
 import os
 import re
+import shutil
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,17 +123,34 @@ class LocalCatalog:
         self.db_path = self.workspace / "shadow.duckdb"
 
     def write_partition(self, table: str, run_id: str, data: Parts) -> None:
-        """Write `tables/<table>/run_id=<run_id>/part-0.parquet`, replacing it atomically."""
+        """Replace `tables/<table>/run_id=<run_id>/` with these rows, one file per part, atomically.
+
+        Each part (a frame, a table, or each Parquet file of a list) is checked and written as its own
+        `part-<i>.parquet` into a hidden folder beside the partition, one part in memory at a time; the
+        folder then takes the partition's place in one rename, so readers see the old rows or the new.
+        """
         _check_run_id(run_id)
         if table not in PARTITIONED:
             raise CatalogError(f"{table!r} is not a partitioned table ({', '.join(PARTITIONED)})")
-        frame = _conform(_as_table(data, SCHEMAS[table]), SCHEMAS[table], table, run_id)
+        schema = SCHEMAS[table]
+        tables = iter_tables(data, schema, table, run_id)
+        first = next(tables)  # the first part is checked before anything is written
         folder = self.tables / table / f"run_id={run_id}"
-        _atomic_parquet(frame, folder / "part-0.parquet")
-        for stale in folder.glob("*.parquet"):
-            if stale.name != "part-0.parquet":
-                stale.unlink()
-        log.info("wrote %s rows to %s run_id=%s", frame.num_rows, table, run_id)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+        staging.mkdir()
+        rows = written = 0
+        try:
+            for part in itertools.chain([first], tables):
+                if part.num_rows:
+                    pq.write_table(part, staging / f"part-{written}.parquet")
+                    written, rows = written + 1, rows + part.num_rows
+            if not written:  # an empty partition still has its (empty) file, typed for the views
+                pq.write_table(schema.empty_table(), staging / "part-0.parquet")
+            _swap_in(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("wrote %s rows in %s parts to %s run_id=%s", rows, max(written, 1), table, run_id)
 
     def write_run(self, row: dict[str, Any]) -> None:
         """Write `tables/shadow_runs/part-<run_id>.parquet` (one file per run, replaced atomically)."""
@@ -199,6 +221,7 @@ def _check_run_id(run_id: Any) -> None:
 
 
 def _as_table(data: Parts, schema: pa.Schema) -> pa.Table:
+    """All the parts as one table (small data only: it holds every part at once; see iter_tables)."""
     if isinstance(data, pd.DataFrame):
         return pa.Table.from_pandas(data, preserve_index=False)
     if isinstance(data, pa.Table):
@@ -207,6 +230,23 @@ def _as_table(data: Parts, schema: pa.Schema) -> pa.Table:
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def iter_tables(data: Parts, schema: pa.Schema, name: str, run_id: str | None) -> Iterator[pa.Table]:
+    """The parts one at a time, each conformed to the table's schema; an empty table when there are none.
+
+    A frame or a table is one part; a list of Parquet files gives one part per file, read when its
+    turn comes, so memory holds one part however many there are.
+    """
+    if isinstance(data, (pd.DataFrame, pa.Table)):
+        yield _conform(_as_table(data, schema), schema, name, run_id)
+        return
+    empty = True
+    for path in data:
+        empty = False
+        yield _conform(pq.read_table(Path(path)), schema, name, run_id)
+    if empty:
+        yield _conform(schema.empty_table(), schema, name, run_id)
 
 
 def _conform(table: pa.Table, schema: pa.Schema, name: str, run_id: str | None) -> pa.Table:
@@ -244,6 +284,43 @@ def _atomic_parquet(table: pa.Table, target: Path) -> None:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Put the folder `staging` where `folder` is, in one atomic exchange where the OS has one."""
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    if _exchange(staging, folder):
+        return  # staging now holds the old partition; the caller removes it
+    # No atomic exchange (not Linux): move the old partition aside, then the new one in.
+    aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.old")
+    os.replace(folder, aside)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two paths atomically (Linux 3.15+); False where unavailable."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # this kernel or filesystem cannot exchange
+    raise OSError(error, os.strerror(error), str(second))
 
 
 def _duck_type(arrow_type: pa.DataType) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from steps.backends.catalog import (
-    PARTITIONED, SCHEMAS, CatalogError, Parts, _as_table, _check_run_id, _conform, view_statements,
+    PARTITIONED, SCHEMAS, CatalogError, Parts, _check_run_id, _conform, iter_tables, view_statements,
 )
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,23 @@ log = logging.getLogger(__name__)
 class GlueCatalog:
     """Run tables as Parquet on S3, registered in a Glue database (boto3 session passed in)."""
 
-    def __init__(self, tables_uri: str, database: str, boto3_session: Any, workgroup: str = "primary"):
+    def __init__(self, tables_uri: str, database: str, boto3_session: Any, workgroup: str = "primary",
+                 kms_key_id: str | None = None):
         if not tables_uri.startswith("s3://"):
             raise CatalogError(f"{tables_uri!r} is not an s3:// URI")
         self.tables_uri = tables_uri.rstrip("/")
         self.database = database
         self.session = boto3_session
         self.workgroup = workgroup
+        self.kms_key_id = kms_key_id
+        """aws.kms_key_id: every object written is SSE-KMS encrypted with it; None: the bucket's default."""
+
+    @property
+    def s3_additional_kwargs(self) -> dict[str, str] | None:
+        """What awswrangler passes to each S3 PutObject / multipart upload."""
+        if not self.kms_key_id:
+            return None
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
 
     def write_partition(self, table: str, run_id: str, data: Parts) -> None:
         """Replace the run's partition of a table and register it in Glue."""
@@ -42,16 +52,25 @@ class GlueCatalog:
         if table not in PARTITIONED:
             raise CatalogError(f"{table!r} is not a partitioned table ({', '.join(PARTITIONED)})")
         schema = SCHEMAS[table]
-        frame = _conform(_as_table(data, schema), schema, table, run_id).to_pandas(types_mapper=pd.ArrowDtype)
-        frame["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
-        if frame.empty:
+        rows = written = 0
+        for part in iter_tables(data, schema, table, run_id):
+            if not part.num_rows:
+                continue
+            frame = part.to_pandas(types_mapper=pd.ArrowDtype)
+            frame["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
+            # The first part replaces the run's partition; the others add their files to it.
+            wr.s3.to_parquet(frame, path=f"{self.tables_uri}/{table}/", dataset=True, database=self.database,
+                             table=table, partition_cols=["run_id"],
+                             mode="append" if written else "overwrite_partitions",
+                             dtype={**athena_types(schema), "run_id": "string"}, boto3_session=self.session,
+                             s3_additional_kwargs=self.s3_additional_kwargs)
+            written, rows = written + 1, rows + len(frame)
+            del frame
+        if not written:
             # to_parquet writes nothing for no rows; the table must still exist for the views.
             self._ensure_table(table, partitioned=True)
             return
-        wr.s3.to_parquet(frame, path=f"{self.tables_uri}/{table}/", dataset=True, database=self.database,
-                         table=table, partition_cols=["run_id"], mode="overwrite_partitions",
-                         dtype={**athena_types(schema), "run_id": "string"}, boto3_session=self.session)
-        log.info("wrote %d rows to %s.%s run_id=%s", len(frame), self.database, table, run_id)
+        log.info("wrote %d rows in %d parts to %s.%s run_id=%s", rows, written, self.database, table, run_id)
 
     def write_run(self, row: dict[str, Any]) -> None:
         """Replace the run's object under shadow_runs/ (one object per run) and keep the table registered."""
@@ -66,7 +85,7 @@ class GlueCatalog:
         table = _conform(pa.Table.from_pandas(pd.DataFrame([row]), preserve_index=False), schema, "shadow_runs", None)
         wr.s3.to_parquet(table.to_pandas(types_mapper=pd.ArrowDtype),
                          path=f"{self.tables_uri}/shadow_runs/part-{run_id}.parquet", dtype=athena_types(schema),
-                         boto3_session=self.session)
+                         boto3_session=self.session, s3_additional_kwargs=self.s3_additional_kwargs)
         self._ensure_table("shadow_runs", partitioned=False)
 
     def refresh(self) -> None:

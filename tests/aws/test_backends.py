@@ -148,3 +148,42 @@ def test_catalog_refuses_bad_names_before_writing(catalog):
         catalog.write_partition("shadow_runs", "run-a", _metrics("run-a", 1.0))
     with pytest.raises(CatalogError):
         catalog.write_partition("shadow_metrics", "../escape", _metrics("x", 1.0))
+
+
+def test_parts_are_written_one_at_a_time_first_replacing_the_partition(catalog, aws, tmp_path):
+    import awswrangler as wr
+
+    catalog.write_partition("shadow_metrics", "run-a", _metrics("run-a", 0.5))
+    paths = []
+    for i, value in enumerate((0.97, 0.98, 0.99)):
+        path = tmp_path / f"{i}.parquet"
+        _metrics("run-a", value).to_parquet(path)
+        paths.append(path)
+    catalog.write_partition("shadow_metrics", "run-a", paths)
+    back = wr.s3.read_parquet_table("shadow_metrics", "shadow_eval", boto3_session=aws)
+    assert sorted(back["candidate"]) == [0.97, 0.98, 0.99]  # the old row is gone, every part landed
+    keys = wr.s3.list_objects("s3://tables-bucket/shadow-eval/tables/shadow_metrics/run_id=run-a/",
+                              boto3_session=aws)
+    assert len(keys) == 3
+
+
+def test_a_kms_key_encrypts_every_object_written(aws, monkeypatch):
+    import awswrangler as wr
+
+    aws.client("s3").create_bucket(Bucket="tables-bucket")
+    wr.catalog.create_database("shadow_eval", boto3_session=aws)
+    key = aws.client("kms").create_key()["KeyMetadata"]["Arn"]
+    catalog = GlueCatalog("s3://tables-bucket/t", "shadow_eval", aws, kms_key_id=key)
+    calls = []
+    real = wr.s3.to_parquet
+    monkeypatch.setattr(wr.s3, "to_parquet", lambda *a, **k: calls.append(k) or real(*a, **k))
+    catalog.write_partition("shadow_metrics", "run-a", _metrics("run-a", 0.97))
+    row = dict.fromkeys(SCHEMAS["shadow_runs"].names) | {"run_id": "run-a", "decision": "Approved"}
+    catalog.write_run(row)
+    expected = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}
+    assert [c["s3_additional_kwargs"] for c in calls] == [expected, expected]
+    s3 = aws.client("s3")
+    for obj in s3.list_objects_v2(Bucket="tables-bucket")["Contents"]:
+        head = s3.head_object(Bucket="tables-bucket", Key=obj["Key"])
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key, obj["Key"]
+    assert GlueCatalog("s3://b/t", "d", aws).s3_additional_kwargs is None

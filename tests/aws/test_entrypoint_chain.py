@@ -83,7 +83,7 @@ def _stage_outputs_as_inputs(root, names: list[str]) -> None:
         shutil.copytree(root / "output" / name, root / "input" / name, dirs_exist_ok=True)
 
 
-def test_prepare_transform_join_compare(aws, tmp_path, aws_config_path, container):
+def test_prepare_transform_join_compare(aws, tmp_path, aws_config_path, aws_config, container):
     (tmp_path / "input" / "config").mkdir(parents=True)
     shutil.copy(aws_config_path, tmp_path / "input" / "config" / "shadow-eval.yaml")
     captured = _capture(aws)
@@ -114,3 +114,8 @@ def test_prepare_transform_join_compare(aws, tmp_path, aws_config_path, containe
     assert sorted(records["run_id"].unique()) == ["exec1"] and len(records) == 4
     partitions = wr.catalog.get_partitions(database="shadow_eval", table="shadow_records", boto3_session=aws)
     assert [values for values in partitions.values()] == [["exec1"]]
+    # The config names a KMS key: every table object is encrypted with it.
+    s3 = aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="example-shadow-eval", Prefix="shadow-eval/tables/")["Contents"]]
+    assert keys and {s3.head_object(Bucket="example-shadow-eval", Key=k).get("SSEKMSKeyId") for k in keys} == \
+        {aws_config[1].kms_key_id}
