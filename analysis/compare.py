@@ -31,8 +31,8 @@ import pandas as pd
 
 from analysis import statistics as stats
 from analysis.canonical import number_from_text
-from analysis.diff import (RecordDiff, beyond_noise_of, changed_record, noise_band_of, one_sided_fields,
-                           threshold_crossings, top_change_order)
+from analysis.diff import (RecordDiff, beyond_noise_of, changed_record, is_missing, noise_band_of,
+                           one_sided_fields, text_values, threshold_crossings, top_change_order)
 from analysis.outputs import canonical_text
 from analysis.results import Comparison, MetricValue
 from analysis.slices import SegmentBuilder
@@ -131,24 +131,25 @@ class CompareSpec(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class _Settings:
-    decimals: int = 6
-    abs_tolerance: float = 1e-6
-    rel_tolerance: float = 1e-4
-    positive_label: str | None = None
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 20250301
-    thresholds: tuple[float, ...] = (0.5,)
-    noise_quantile: float = 0.99
-    psi_bins: int = 10
-    top_changes: int = 20
-    slices: tuple = ()
-    min_slice_support: int = 30
+    """The CompareConfig fields compare reads (steps.config owns the defaults; the core does not import it)."""
+
+    decimals: int
+    abs_tolerance: float
+    rel_tolerance: float
+    positive_label: str | None
+    bootstrap_resamples: int
+    confidence: float
+    seed: int
+    thresholds: tuple[float, ...]
+    noise_quantile: float
+    psi_bins: int
+    top_changes: int
+    slices: tuple
+    min_slice_support: int
 
     @classmethod
     def of(cls, config: Any) -> "_Settings":
-        defaults = cls()
-        return cls(**{f.name: getattr(config, f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 def compare(frame: pd.DataFrame, config: CompareSpec, task: Task = "auto") -> Comparison:
@@ -201,9 +202,9 @@ class Accumulator:
         p_score, c_score = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
         p_label, c_label = _labels(frame, "production_label"), _labels(frame, "candidate_label")
         r_label, truth = _labels(frame, "production_replay_label"), _labels(frame, "ground_truth_label")
-        p_hash = _text(frame, "production_hash")
-        production_raw, candidate_raw = _text(frame, "production_raw"), _text(frame, "candidate_raw")
-        replay_raw = _text(frame, "production_replay_raw")
+        p_hash = text_values(frame, "production_hash")
+        production_raw, candidate_raw = text_values(frame, "production_raw"), text_values(frame, "candidate_raw")
+        replay_raw = text_values(frame, "production_replay_raw")
         only_p, only_c, fields = one_sided_fields(production_raw, candidate_raw)
         self._only_p.update(only_p)
         self._only_c.update(only_c)
@@ -214,7 +215,7 @@ class Accumulator:
             "truth_value": np.array([_number(t) for t in truth], dtype=float),
             "p_label": self._codes(p_label), "c_label": self._codes(c_label),
             "r_label": self._codes(r_label), "truth": self._codes(truth, truth=True),
-            "same_hash": (p_hash == _text(frame, "candidate_hash")).to_numpy(bool),
+            "same_hash": (p_hash == text_values(frame, "candidate_hash")).to_numpy(bool),
             "hashed": p_hash.notna().to_numpy(bool),
             "tolerant": _column(frame, "tolerant_match").astype("boolean").fillna(False).to_numpy(bool),
             "fields_one_sided": fields, "replayed": replayed,
@@ -788,7 +789,7 @@ def _same_canonical(captured: str | None, replayed: str | None, decimals: int) -
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    production, candidate = _text(frame, "production_label"), _text(frame, "candidate_label")
+    production, candidate = text_values(frame, "production_label"), text_values(frame, "candidate_label")
     both = production.notna() & candidate.notna()
     return pd.DataFrame({"production_label": production[both].astype(str),
                          "candidate_label": candidate[both].astype(str)})
@@ -807,7 +808,7 @@ def _paired_scores(frame: pd.DataFrame, other: str) -> tuple[np.ndarray, np.ndar
 
 def _paired_ids(frame: pd.DataFrame) -> np.ndarray:
     both = np.isfinite(_numeric(frame, "production_score")) & np.isfinite(_numeric(frame, "candidate_score"))
-    ids = _text(frame, "record_id").fillna("").to_numpy(str)
+    ids = text_values(frame, "record_id").fillna("").to_numpy(str)
     return ids[both]
 
 
@@ -823,17 +824,7 @@ def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _labels(frame: pd.DataFrame, name: str) -> list[str | None]:
-    return list(_text(frame, name))
-
-
-def _text(frame: pd.DataFrame, name: str) -> pd.Series:
-    if name not in frame:
-        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return pd.Series([None if _missing(v) else str(v) for v in frame[name]], index=frame.index, dtype=object)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+    return list(text_values(frame, name))
 
 
 def _number(value: str | None) -> float:

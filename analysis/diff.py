@@ -127,14 +127,14 @@ def beyond_noise(frame: pd.DataFrame, band: float | None, abs_tolerance: float, 
     n = len(frame)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    production_label = _text(frame, "production_label")
-    candidate_label = _text(frame, "candidate_label")
-    replay_label = _text(frame, "production_replay_label")
+    production_label = text_values(frame, "production_label")
+    candidate_label = text_values(frame, "candidate_label")
+    replay_label = text_values(frame, "production_replay_label")
     labelled = (production_label.notna() & candidate_label.notna()).to_numpy(bool)
     flipped = labelled & (production_label != candidate_label).to_numpy(bool)
     replay_flipped = (replay_label.notna() & production_label.notna()
                       & (replay_label != production_label)).to_numpy(bool)
-    same_hash = (_text(frame, "production_hash") == _text(frame, "candidate_hash")).to_numpy(bool)
+    same_hash = (text_values(frame, "production_hash") == text_values(frame, "candidate_hash")).to_numpy(bool)
     tolerant = frame["tolerant_match"].astype("boolean").fillna(False).to_numpy(bool) \
         if "tolerant_match" in frame else np.zeros(n, bool)
     return beyond_noise_of(_numeric(frame, "production_score"), _numeric(frame, "candidate_score"), labelled,
@@ -213,10 +213,10 @@ def top_changes(frame: pd.DataFrame, real: np.ndarray, limit: int) -> tuple[Chan
     if len(frame) == 0 or limit <= 0:
         return ()
     p, c = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
-    flipped = (_text(frame, "production_label") != _text(frame, "candidate_label")).to_numpy(bool) & \
-        _text(frame, "production_label").notna().to_numpy(bool) & _text(frame, "candidate_label").notna().to_numpy(bool)
-    differs = (_text(frame, "production_hash") != _text(frame, "candidate_hash")).to_numpy(bool)
-    record_ids = _text(frame, "record_id").fillna("").to_numpy(str)
+    flipped = (text_values(frame, "production_label") != text_values(frame, "candidate_label")).to_numpy(bool) & \
+        text_values(frame, "production_label").notna().to_numpy(bool) & text_values(frame, "candidate_label").notna().to_numpy(bool)
+    differs = (text_values(frame, "production_hash") != text_values(frame, "candidate_hash")).to_numpy(bool)
+    record_ids = text_values(frame, "record_id").fillna("").to_numpy(str)
     # record id breaks ties so row order never matters
     order = top_change_order(p, c, flipped, differs, real, limit, tie=np.argsort(record_ids, kind="stable"))
     noise = _numeric(frame, "noise_abs_diff")
@@ -263,11 +263,11 @@ def record_diff(frame: pd.DataFrame, thresholds: tuple[float, ...], top: int, no
     n = len(frame)
     band = noise_band(frame, noise_quantile, abs_tolerance)
     real = beyond_noise(frame, band, abs_tolerance, rel_tolerance)
-    only_p, only_c, one_sided = one_sided_fields(_text(frame, "production_raw"), _text(frame, "candidate_raw"))
+    only_p, only_c, one_sided = one_sided_fields(text_values(frame, "production_raw"), text_values(frame, "candidate_raw"))
     p, c = _numeric(frame, "production_score"), _numeric(frame, "candidate_score")
     score_one_sided = np.isfinite(p) != np.isfinite(c)
-    label_one_sided = (_text(frame, "production_label").notna() != _text(frame, "candidate_label").notna()).to_numpy()
-    exact = int((_text(frame, "production_hash") == _text(frame, "candidate_hash")).sum()) if n else 0
+    label_one_sided = (text_values(frame, "production_label").notna() != text_values(frame, "candidate_label").notna()).to_numpy()
+    exact = int((text_values(frame, "production_hash") == text_values(frame, "candidate_hash")).sum()) if n else 0
     tolerant = int(frame["tolerant_match"].astype("boolean").fillna(False).sum()) if "tolerant_match" in frame else 0
     return RecordDiff(
         records=n, exact=exact, tolerant=tolerant, crossings=threshold_crossings(p, c, thresholds),
@@ -276,7 +276,7 @@ def record_diff(frame: pd.DataFrame, thresholds: tuple[float, ...], top: int, no
         fields_only_candidate=dict(sorted(only_c.items(), key=lambda kv: (-kv[1], kv[0]))),
         records_one_sided=int(np.sum(one_sided | score_one_sided | label_one_sided)),
         noise_band=band, beyond_noise=int(real.sum()),
-        noise_records=int(_text(frame, "production_replay_raw").notna().sum()))
+        noise_records=int(text_values(frame, "production_replay_raw").notna().sum()))
 
 
 def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -285,13 +285,15 @@ def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(frame[name], errors="coerce").to_numpy(float, na_value=np.nan)
 
 
-def _text(frame: pd.DataFrame, name: str) -> pd.Series:
+def text_values(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column as strings with None for every kind of missing value (absent column: all None)."""
     if name not in frame:
         return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return pd.Series([None if _missing(v) else str(v) for v in frame[name]], index=frame.index, dtype=object)
+    return pd.Series([None if is_missing(v) else str(v) for v in frame[name]], index=frame.index, dtype=object)
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, pandas NA/NaT or a float NaN."""
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 

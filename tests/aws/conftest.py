@@ -68,3 +68,16 @@ def aws_config(aws_config_path):
     from steps.aws_settings import load_aws_config
 
     return load_aws_config(aws_config_path)
+
+
+@pytest.fixture
+def aws():
+    """A moto account with the buckets the entry-point tests read and write."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        for bucket in ("capture-bucket", "example-shadow-eval"):
+            session.client("s3").create_bucket(Bucket=bucket)
+        yield session

@@ -11,9 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import awswrangler as wr
-import boto3
 import pytest
-from moto import mock_aws
 
 from capture_helpers import at, capture_line, capture_path
 from steps import entrypoints, replay
@@ -52,16 +50,12 @@ def container():
 
 
 @pytest.fixture
-def aws():
-    with mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        for bucket in ("capture-bucket", "example-shadow-eval"):
-            session.client("s3").create_bucket(Bucket=bucket)
-        # What infra/shadow-eval.yaml creates: the Glue database and the Athena workgroup.
-        session.client("glue").create_database(DatabaseInput={"Name": "shadow_eval"})
-        session.client("athena").create_work_group(Name="shadow-eval", Configuration={
-            "ResultConfiguration": {"OutputLocation": "s3://example-shadow-eval/athena/"}})
-        yield session
+def catalog(aws):
+    """What infra/shadow-eval.yaml creates beside the buckets: the Glue database and the Athena workgroup."""
+    aws.client("glue").create_database(DatabaseInput={"Name": "shadow_eval"})
+    aws.client("athena").create_work_group(Name="shadow-eval", Configuration={
+        "ResultConfiguration": {"OutputLocation": "s3://example-shadow-eval/athena/"}})
+    return aws
 
 
 def _capture(aws) -> int:
@@ -83,7 +77,8 @@ def _stage_outputs_as_inputs(root, names: list[str]) -> None:
         shutil.copytree(root / "output" / name, root / "input" / name, dirs_exist_ok=True)
 
 
-def test_prepare_transform_join_compare(aws, tmp_path, aws_config_path, aws_config, container):
+def test_prepare_transform_join_compare(catalog, tmp_path, aws_config_path, aws_config, container):
+    aws = catalog
     (tmp_path / "input" / "config").mkdir(parents=True)
     shutil.copy(aws_config_path, tmp_path / "input" / "config" / "shadow-eval.yaml")
     captured = _capture(aws)

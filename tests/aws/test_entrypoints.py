@@ -4,24 +4,13 @@ from __future__ import annotations
 import json
 import shutil
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from steps import entrypoints
 from capture_helpers import at, capture_line, capture_path
 
 GROUP = "churn-models"
 CAPTURE = "s3://capture-bucket/datacapture"
-
-
-@pytest.fixture
-def aws():
-    with mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        for bucket in ("capture-bucket", "example-shadow-eval"):
-            session.client("s3").create_bucket(Bucket=bucket)
-        yield session
 
 
 @pytest.fixture
