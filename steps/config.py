@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 import types
 import typing
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from steps import names
 
 InputFormat = Literal["auto", "csv", "jsonlines", "json", "binary"]
 OutputFormat = Literal["auto", "csv", "json", "jsonlines"]
@@ -266,7 +269,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "compare.decimals": (0, 15),
     "compare.abs_tolerance": (0, float("inf")),
     "compare.rel_tolerance": (0, float("inf")),
-    "gate.min_records": (0, float("inf")),
+    "gate.min_records": (1, float("inf")),
     "gate.min_coverage": (0, 1),
     "gate.slice_alpha": (1e-6, 0.5),
     "compare.bootstrap_resamples": (0, 100_000),
@@ -276,11 +279,15 @@ _RANGES: dict[str, tuple[float, float]] = {
     "compare.top_changes": (0, 1000),
     "compare.min_slice_support": (1, float("inf")),
     "output.label_threshold": (0, 1),
+    "compare.seed": (0, 2**32 - 1),
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
-_CRON = re.compile(r"^\S+( \S+){5}$")
+"""Inclusive ranges by dotted key (or its last parts); every number must also be finite (no NaN, no inf)."""
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", re.DOTALL)
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/\S+")
+_CRON = re.compile(r"\S+( \S+){5}")
+_NAMED = (("registry.group", "model package group"), ("tables.database", "database"),
+          ("capture.endpoint", "endpoint"), ("capture.variant", "variant"))
+"""Config values that become paths or SQL, and the rule (steps.names) each must fully match."""
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -310,9 +317,14 @@ def config_from_mapping(data: dict[str, Any], source: str = "<config>") -> Confi
     window = config.capture
     if window.window_start and window.window_end and window.window_start >= window.window_end:
         raise ConfigError(source, "capture.window_end", "must be after capture.window_start")
-    for key, name in (("registry.group", config.registry.group), ("tables.database", config.tables.database)):
-        if not _NAME.match(name):
-            raise ConfigError(source, key, f"{name!r} is not a plain name (letters, digits, _ . -)")
+    for key, kind in _NAMED:
+        section, field = key.split(".")
+        value = getattr(getattr(config, section), field)
+        if value is not None:
+            try:
+                names.check(kind, value)
+            except names.InvalidName as exc:
+                raise ConfigError(source, key, str(exc)) from None
     if config.aws is not None:
         _check_aws(config.aws, config, source)
     return config
@@ -339,11 +351,11 @@ def parse_utc(text: str) -> dt.datetime:
 
 def _check_aws(settings: AwsSettings, config: Config, source: str) -> None:
     for key in ("output_s3_uri",):
-        if not _S3_URI.match(getattr(settings, key)):
+        if not _S3_URI.fullmatch(getattr(settings, key)):
             raise ConfigError(source, f"aws.{key}", f"{getattr(settings, key)!r} is not an s3://bucket/prefix URI")
     for key in ("role_arn", "pipeline_role_arn", "events_role_arn"):
         value = getattr(settings, key)
-        if value is not None and not _ROLE_ARN.match(value):
+        if value is not None and not _ROLE_ARN.fullmatch(value):
             raise ConfigError(source, f"aws.{key}", f"{value!r} is not an IAM role ARN")
     groups = ("csv", "jsonlines", "json", "binary")
     for group in settings.replay_groups:
@@ -354,7 +366,7 @@ def _check_aws(settings: AwsSettings, config: Config, source: str) -> None:
                           "has one TransformStep per input format, fixed when it is built")
     if len(set(settings.replay_groups)) != len(settings.replay_groups):
         raise ConfigError(source, "aws.replay_groups", "lists a group twice")
-    if settings.schedule_cron is not None and not _CRON.match(settings.schedule_cron):
+    if settings.schedule_cron is not None and not _CRON.fullmatch(settings.schedule_cron):
         raise ConfigError(source, "aws.schedule_cron", "expected six fields, e.g. '0 3 * * ? *'")
     if not 1 <= settings.transform_instance_count <= 100:
         raise ConfigError(source, "aws.transform_instance_count", "must be 1 to 100, as in CreateTransformJob")
@@ -429,6 +441,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
 
 
 def _check_range(key: str, value: float, source: str) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(source, key, f"{value} is not a finite number")
     for suffix, (low, high) in _RANGES.items():
         if key == suffix or key.endswith("." + suffix):
             if not low <= value <= high:
