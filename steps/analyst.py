@@ -181,7 +181,7 @@ def _read_text(location: str, boto3_session: Any) -> str:
 
 def _literal(run_id: str) -> str:
     """A run id as an SQL literal; run ids are checked, so no quoting games are possible."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise CatalogError(f"{run_id!r} is not a run id (letters, digits, _ and -, at most 64)")
     return f"'{run_id}'"
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steps import compare, gate, join, prepare, report
+from steps import compare, gate, join, names, prepare, report
 from steps.publish import publish_run
 from steps.aws_settings import AwsSettings, load_aws_config
 from steps.capture_files import HOUR
@@ -238,15 +238,18 @@ def _parser() -> argparse.ArgumentParser:
     def stage(name: str, function: Any, help_text: str) -> argparse.ArgumentParser:
         sub = stages.add_parser(name, help=help_text)
         sub.add_argument("--root", default=PROCESSING_ROOT, help="Processing folder root (tests use a tmp folder)")
-        sub.add_argument("--run-id", required=True)
+        sub.add_argument("--run-id", required=True, type=names.argument("run id"))
         sub.set_defaults(stage=function)
         return sub
 
     p = stage("prepare", run_prepare, "capture window -> replay input, records, candidate Model")
-    for name in ("--capture-s3-uri", "--endpoint", "--variant", "--candidate-model-name"):
+    for name in ("--capture-s3-uri", "--candidate-model-name"):
         p.add_argument(name, required=True)
-    for name in ("--window-start", "--window-end", "--candidate-package-arn"):
+    p.add_argument("--endpoint", required=True, type=names.argument("endpoint"))
+    p.add_argument("--variant", required=True, type=names.argument("variant"))
+    for name in ("--window-start", "--window-end"):
         p.add_argument(name, default="")
+    p.add_argument("--candidate-package-arn", default="", type=names.argument("package id", optional=True))
     j = stage("join-compare", run_join_compare, "join, compare, report, tables, evaluation.json")
     j.add_argument("--ground-truth-s3-uri", default="")
     j.add_argument("--report-s3-uri", required=True)

@@ -68,3 +68,18 @@ def inside(root: str | Path, path: str | Path, what: str) -> Path:
     if target != base and not target.is_relative_to(base):
         raise InvalidName(f"{what} {path} is outside {base}; it must stay inside it")
     return target
+
+
+def argument(kind: str, optional: bool = False):
+    """An argparse `type=` that checks a name (`optional`: the empty string means none)."""
+    import argparse
+
+    def parse(value: str) -> str:
+        if optional and value == "":
+            return value
+        try:
+            return check_package_id(value) if kind == "package id" else check(kind, value)
+        except InvalidName as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = kind  # argparse names the type in its error message
+    return parse

@@ -39,11 +39,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from steps import names
+
 log = logging.getLogger(__name__)
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-"""The same rule pipeline.py applies: safe in a path, a partition value and an SQL literal."""
-_DATABASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RUN_ID = names.RUN_ID
+"""The rule every command applies (steps.names): safe in a path, a partition value and an SQL literal."""
+_DATABASE = names.DATABASE
 SQL_DIR = Path(__file__).with_name("sql")
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -114,7 +116,7 @@ class LocalCatalog:
     """Parquet under `<workspace>/tables` and a DuckDB file whose schema `database` has the views."""
 
     def __init__(self, workspace: str | Path, database: str = "shadow_eval"):
-        if not _DATABASE.match(database):
+        if not isinstance(database, str) or not _DATABASE.fullmatch(database):
             # Glue database names are lower-case letters, digits and _; DuckDB takes the same.
             raise CatalogError(f"{database!r} is not a database name (letters, digits and _)")
         self.workspace = Path(workspace)
@@ -209,14 +211,14 @@ class LocalCatalog:
 
 def view_statements(database: str) -> list[tuple[str, str]]:
     """(view, CREATE OR REPLACE VIEW statement) for every analyst view, in creation order, for this database."""
-    if not _DATABASE.match(database):
+    if not isinstance(database, str) or not _DATABASE.fullmatch(database):
         raise CatalogError(f"{database!r} is not a database name (letters, digits and _)")
     return [(VIEW_FILE.match(path.name)["view"], path.read_text(encoding="utf-8").replace("{database}", database))
             for path in sorted(SQL_DIR.glob("*.sql")) if VIEW_FILE.match(path.name)]
 
 
 def _check_run_id(run_id: Any) -> None:
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise CatalogError(f"{run_id!r} is not a run id (letters, digits, _ and -, at most 64)")
 
 

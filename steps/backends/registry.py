@@ -21,18 +21,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from steps import names
+
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
 STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
 DESCRIPTION_LIMIT = 1024
 """UpdateModelPackage's ApprovalDescription is at most 1024 characters."""
 METADATA_KEY_LIMIT, METADATA_VALUE_LIMIT, METADATA_ENTRIES_LIMIT = 128, 256, 50
 """CustomerMetadataProperties limits as of 2025 (keys 1-128, values up to 256, 50 entries)."""
-_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_GROUP = names.PACKAGE_GROUP
 DECISIONS = ("Approved", "Rejected")
 _NOTE = re.compile(r"^shadow-eval run (?P<run_id>[A-Za-z0-9_-]{1,64}): (?P<from_status>[A-Za-z]+) -> "
                    r"(?P<to_status>[A-Za-z]+)\. ?")
 log = logging.getLogger(__name__)
-_PACKAGE_ID = re.compile(r"^(?P<group>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/(?P<version>[1-9][0-9]{0,8})$")
+_PACKAGE_ID = names.LOCAL_PACKAGE_ID
 
 
 class RegistryError(ValueError):
@@ -139,7 +141,7 @@ class LocalRegistry:
     def register(self, group: str, model_uri: str, status: str = "PendingManualApproval",
                  description: str = "", metadata: dict[str, str] | None = None) -> str:
         """Add a package as the next version of its group (creating the group); returns its id."""
-        if not _GROUP.match(group):
+        if not isinstance(group, str) or not _GROUP.fullmatch(group):
             raise RegistryError(f"{group!r} is not a valid model package group name")
         if not model_uri:
             raise RegistryError("model_uri is required")
@@ -267,7 +269,7 @@ def _info(row: sqlite3.Row) -> PackageInfo:
 
 
 def _parse_id(package_id: str) -> tuple[str, int]:
-    match = _PACKAGE_ID.match(package_id or "")
+    match = _PACKAGE_ID.fullmatch(package_id) if isinstance(package_id, str) else None
     if not match:
         raise RegistryError(f"{package_id!r} is not a package id of the form <group>/<version>")
     return match["group"], int(match["version"])

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from typing import Any
 
+from steps import names
 from steps.backends.registry import (
     DECISIONS, PackageInfo, RegistryError, Transition, _check_description, _check_metadata, _check_status,
     parse_transition_note, transition_note,
@@ -24,7 +24,7 @@ from steps.backends.registry import (
 
 log = logging.getLogger(__name__)
 
-_PACKAGE_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/.+/\d+$")
+_PACKAGE_ARN = names.PACKAGE_ARN
 
 
 class SageMakerRegistry:
@@ -133,7 +133,7 @@ def _manual(info: PackageInfo) -> bool:
 
 
 def _check_arn(package_id: str) -> None:
-    if not _PACKAGE_ARN.match(package_id or ""):
+    if not isinstance(package_id, str) or not _PACKAGE_ARN.fullmatch(package_id):
         raise RegistryError(f"{package_id!r} is not a model package ARN "
                             "(arn:aws:sagemaker:<region>:<account>:model-package/<group>/<version>)")
 
