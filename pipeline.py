@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
-import re
 import shutil
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from steps import capture_stats, compare, gate, join, prepare, replay, report
+from steps import capture_stats, compare, gate, join, names, prepare, replay, report
 from steps.aws_cli import add_pipeline_commands
 from steps.regate import add_regate_command
 from steps.query import add_query_command, add_views_command
@@ -43,7 +43,6 @@ log = logging.getLogger("shadow_eval")
 EXIT_APPROVED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 SIDES = ("candidate", "production")
 _AWS_PACKAGES = {"sagemaker", "boto3", "botocore", "awswrangler"}
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,48 +76,83 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def run_local(config: Config, run_id: str | None = None, candidate_package: str | None = None) -> RunOutcome:
-    """Run every stage in-process. Re-running a run id finishes what is unfinished and rewrites its rows."""
+    """Run every stage in-process; the registry is written last, once every table and report is in place.
+
+    Re-running a run id finishes what is unfinished and rewrites its rows, provided nothing that shapes
+    its results changed (models, config, package): otherwise it refuses (RunChanged).
+    """
     if config.candidate.model is None:
         raise ConfigError("<run>", "candidate.model", "required: a model.tar.gz, a model folder or a container URL")
     if config.registry.kind != "local":
         raise ConfigError("<run>", "registry.kind", "the local runner records verdicts in the local registry; "
                           "the SageMaker Model Registry is updated by the pipeline (shadow-eval pipeline ...)")
     run_id = run_id or new_run_id()
-    if not _RUN_ID.match(run_id):
-        raise ConfigError("<run>", "run_id", f"{run_id!r} must be letters, digits, _ and - (at most 64)")
+    try:
+        names.check("run id", run_id)
+        if candidate_package is not None:
+            names.check_package_id(candidate_package)
+    except names.InvalidName as exc:
+        raise ConfigError("<run>", "run_id" if "run id" in str(exc) else "candidate_package", str(exc)) from None
     workspace = Path(config.workspace)
     run_dir = workspace / "runs" / run_id
     registry = LocalRegistry(workspace / config.registry.path)
     run_info = _start_run(config, run_dir, run_id, registry, candidate_package)
+    try:
+        log.info("run %s: prepare", run_id)
+        prepared = prepare.run(config, run_dir)
+        plan = json.loads((run_dir / "prepare" / "replay-plan.json").read_text())
+        for side, model in _replay_sides(config):
+            _replay_side(config, run_dir, plan, side, model, run_info["fingerprint"][f"{side}_model"])
 
-    log.info("run %s: prepare", run_id)
-    prepared = prepare.run(config, run_dir)
-    plan = json.loads((run_dir / "prepare" / "replay-plan.json").read_text())
-    for side, model in _replay_sides(config):
-        _replay_side(config, run_dir, plan, side, model)
+        log.info("run %s: join and compare", run_id)
+        joined = join.run(config, run_dir)
+        replay.forget_wrong_answers(run_dir)  # a resume asks the candidate again for what it got wrong
+        accounting = joined.accounting
+        comparison = compare.run(config, run_dir)
+        run_info["prepare"] = prepared.to_json()
 
-    log.info("run %s: join and compare", run_id)
-    joined = join.run(config, run_dir)
-    accounting = joined.accounting
-    comparison = compare.run(config, run_dir)
-    run_info["prepare"] = prepared.to_json()
-
-    decision = gate.run(config, run_dir, comparison, accounting, registry,
-                        run_info["candidate_package"], run_info["status_at_start"], run_id)
-    paths = report.run(run_dir, run_info, accounting, comparison, decision)
-
-    publish_run(LocalCatalog(workspace, config.tables.database), run_dir, run_info, accounting, comparison,
-                decision, str(paths["report.html"]))
+        decision = gate.run(config, run_dir, comparison, accounting, None,
+                            run_info["candidate_package"], run_info["status_at_start"], run_id)
+        paths = report.run(run_dir, run_info, accounting, comparison, decision)
+        publish_run(LocalCatalog(workspace, config.tables.database), run_dir, run_info, accounting, comparison,
+                    decision, str(paths["report.html"]))
+    except Exception:
+        log.error("run %s stopped before its verdict was recorded: the registry is untouched; fix the cause and "
+                  "re-run with --run-id %s to finish it", run_id, run_id)
+        raise
+    gate.record(run_dir, comparison, accounting, decision, registry, run_info["candidate_package"],
+                run_info["status_at_start"], run_id)
     return RunOutcome(run_id, run_dir, decision.status, accounting, _headline(comparison),
                       paths["report.html"], workspace / "shadow.duckdb")
 
 
+_NOT_RESULTS = ("candidate.model", "production.model", "replay.invocation_timeout_s",
+                "replay.invocation_max_retries", "replay.max_concurrent_transforms")
+"""Config keys a resume may change: models are compared by digest (a model may move: a container's port,
+a copied file), and how hard or how wide the replay tries changes no answer it gets."""
+
+
+class RunChanged(ValueError):
+    """A run id resumed with different inputs: its checkpoints would describe something else."""
+
+
 def _start_run(config: Config, run_dir: Path, run_id: str, registry: LocalRegistry,
                candidate_package: str | None) -> dict[str, Any]:
-    """Record what the run started from; a resumed run keeps its original start (and registry status)."""
+    """Record what the run started from; a resumed run keeps its original start (and registry status).
+
+    A resumed run must have the same fingerprint (model digests, config) and package as its start.
+    """
     record = run_dir / "run.json"
+    fingerprint = run_fingerprint(config)
     if record.exists():
-        return json.loads(record.read_text())
+        info = json.loads(record.read_text())
+        changed = _changes(info, config, fingerprint, candidate_package)
+        if changed:
+            raise RunChanged(f"run {run_id} was started with different inputs ({'; '.join(changed)}): its "
+                             f"checkpoints and tables describe those. Start a new run (omit --run-id), or resume "
+                             f"with exactly what {record} records")
+        info.setdefault("fingerprint", fingerprint)
+        return info
     status = registry.describe(candidate_package).status if candidate_package else None
     info = {
         "run_id": run_id,
@@ -126,10 +160,76 @@ def _start_run(config: Config, run_dir: Path, run_id: str, registry: LocalRegist
         "candidate_package": candidate_package,
         "status_at_start": status,
         "config": to_mapping(config),
+        "fingerprint": fingerprint,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(info, indent=2, sort_keys=True))
     return info
+
+
+def run_fingerprint(config: Config) -> dict[str, str | None]:
+    """What shapes a run's results: each model's digest and the config's."""
+    sides = dict(_replay_sides(config))
+    mapping = to_mapping(config)
+    for key in _NOT_RESULTS:
+        section, field = key.split(".")
+        mapping[section][field] = None
+    text = json.dumps(mapping, sort_keys=True, default=str)
+    return {"candidate_model": model_digest(config.candidate.model),
+            "production_model": model_digest(sides["production"]) if "production" in sides else None,
+            "config": "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def _changes(info: dict[str, Any], config: Config, fingerprint: dict[str, str | None],
+             candidate_package: str | None) -> list[str]:
+    """What differs between a run's record and a resume of it, one phrase each."""
+    changed = []
+    if candidate_package is not None and candidate_package != info.get("candidate_package"):
+        changed.append(f"candidate package {info.get('candidate_package')} -> {candidate_package}")
+    recorded = info.get("fingerprint") or {}
+    for key in ("candidate_model", "production_model"):
+        if key in recorded and recorded[key] != fingerprint[key]:
+            changed.append(f"{key.replace('_', ' ')} {recorded[key]} -> {fingerprint[key]}")
+    before, now = _flat(info.get("config") or {}), _flat(json.loads(json.dumps(to_mapping(config), default=str)))
+    keys = sorted(key for key in before.keys() | now.keys()
+                  if before.get(key) != now.get(key) and key not in _NOT_RESULTS)
+    changed += [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in keys[:5]]
+    if len(keys) > 5:
+        changed.append(f"and {len(keys) - 5} more config keys")
+    return changed
+
+
+def _flat(mapping: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as {dotted key: value}."""
+    if not isinstance(mapping, dict):
+        return {prefix: mapping}
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def model_digest(model: str | None) -> str | None:
+    """A model's identity: sha256 of a model.tar.gz or of a folder's files, or the URL of a running container."""
+    if model is None:
+        return None
+    if replay.is_url(model):
+        # A container's address is no identity (it moves when restarted) and it cannot tell what it serves:
+        # a resume trusts it, and answers join found wrong are asked again (replay.forget_wrong_answers).
+        return "container"
+    path = Path(model)
+    digest = hashlib.sha256()
+    try:
+        files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0" if file != path else b"")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    except OSError as exc:
+        raise ConfigError("<run>", "model", f"cannot read the model {model}: {exc.strerror or exc}; "
+                          "give a readable model.tar.gz, model folder or container URL") from None
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _replay_sides(config: Config) -> list[tuple[str, str]]:
@@ -139,7 +239,7 @@ def _replay_sides(config: Config) -> list[tuple[str, str]]:
     return sides
 
 
-def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: str) -> None:
+def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: str, producer: str | None) -> None:
     results = {}
     for group, knobs in plan["groups"].items():
         if not knobs.get("files"):
@@ -147,7 +247,7 @@ def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: st
         log.info("replay %s/%s through %s", side, group, model)
         result = replay.run(knobs, run_dir / "prepare" / "replay-input" / group,
                             run_dir / "replay" / side / group, model, config.replay,
-                            run_dir / "logs" / f"model-server-{side}-{group}.log", side)
+                            run_dir / "logs" / f"model-server-{side}-{group}.log", side, producer=producer or "")
         results[group] = result.to_json()
     (run_dir / "replay").mkdir(parents=True, exist_ok=True)  # an empty window replays nothing
     (run_dir / "replay" / f"{side}.json").write_text(json.dumps(results, indent=2, sort_keys=True))

@@ -1,4 +1,4 @@
-"""Gate stage: decide, write report/evaluation.json, and record the verdict in the registry.
+"""Gate stage: decide and write report/evaluation.json; `record` puts the verdict in the registry, last.
 
 The registry update is a compare-and-set from the status the package had when the run began: a
 package someone approved or rejected while the run was going is left alone, and evaluation.json
@@ -24,31 +24,48 @@ log = logging.getLogger(__name__)
 
 def run(config: Config, run_dir: str | Path, comparison: Comparison, accounting: Accounting,
         registry: Registry | None, package_id: str | None, status_at_start: str | None, run_id: str) -> Decision:
-    """Decide, record the verdict in the registry (compare-and-set), write report/evaluation.json.
+    """Decide and write report/evaluation.json; with a registry, also record the verdict (see `record`).
 
-    registry None: a later step records the verdict (the SageMaker pipeline's Approve/Reject step).
+    registry None: a later step records the verdict (`record`, called last by the local runner once
+    every table and report is in place; the SageMaker pipeline's Approve/Reject step).
     """
     run_dir = Path(run_dir)
     decision = decide(comparison, accounting, config.gate)
     log.info("run %s: gate says %s (%s)", run_id, decision.status, "; ".join(decision.reasons[:3]))
     evaluation = decision.to_evaluation()
+    evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
+                              "updated": False, "note": "recorded by a later step"}
+    write_evaluation(run_dir, evaluation)
+    if registry is not None:
+        record(run_dir, comparison, accounting, decision, registry, package_id, status_at_start, run_id)
+    return decision
+
+
+def record(run_dir: str | Path, comparison: Comparison, accounting: Accounting, decision: Decision,
+           registry: Registry, package_id: str | None, status_at_start: str | None, run_id: str) -> dict[str, Any]:
+    """Record the verdict in the registry (compare-and-set) and say what happened in evaluation.json.
+
+    The last step of a run: everything before it can fail and be resumed with the registry untouched.
+    """
+    run_dir = Path(run_dir)
     report_path = run_dir / "report" / "report.html"
     try:
         summary = summary_markdown(build_report({"run_id": run_id, "report_uri": str(report_path)}, accounting,
                                                 comparison, decision))
-        if registry is None:
-            evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
-                                      "updated": False, "note": "recorded by a later step"}
-        else:
-            evaluation["registry"] = record_verdict(registry, package_id, status_at_start, decision.status, summary,
-                                                    run_id, _location(report_path, run_id))
+        outcome = record_verdict(registry, package_id, status_at_start, decision.status, summary,
+                                 run_id, _location(report_path, run_id))
     except RegistryError as exc:
-        evaluation["registry"] = {"package_id": package_id, "status_at_start": status_at_start,
-                                  "updated": False, "note": f"registry error: {exc}"}
-        write_evaluation(run_dir, evaluation)
+        _note_registry(run_dir, {"package_id": package_id, "status_at_start": status_at_start,
+                                 "updated": False, "note": f"registry error: {exc}"})
         raise
-    write_evaluation(run_dir, evaluation)
-    return decision
+    _note_registry(run_dir, outcome)
+    return outcome
+
+
+def _note_registry(run_dir: Path, outcome: dict[str, Any]) -> None:
+    path = run_dir / "report" / "evaluation.json"
+    evaluation = json.loads(path.read_text(encoding="utf-8"))
+    write_evaluation(run_dir, {**evaluation, "registry": outcome})
 
 
 def write_evaluation(run_dir: Path, evaluation: dict[str, Any]) -> Path:

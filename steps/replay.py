@@ -12,12 +12,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from analysis.quarantine import REASONS
 from steps.config import ReplayConfig
 from steps.model_server import serve_model
-from steps.transformer import TransformJob, TransformJobError, TransformResult, transform
+from steps.transformer import TransformJob, TransformJobError, TransformResult, checkpoint_path, transform
 
 log = logging.getLogger("shadow_eval.replay")
 
+WRONG_ANSWER_REASONS = {"replay_output_mismatch", "unparsable_candidate_output"}
+"""Reasons join gives records whose .out exists but does not answer them right."""
 PLAN_GROUP_KEYS = {"content_type", "accept", "split_type", "batch_strategy", "assemble_with", "data_processing",
                    "files", "records"}
 
@@ -47,13 +52,53 @@ def is_url(model: str) -> bool:
 
 
 def run(plan_group: dict[str, Any], input_dir: str | Path, output_dir: str | Path, model: str,
-        replay: ReplayConfig, log_path: str | Path, side: str) -> TransformResult:
-    """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json."""
+        replay: ReplayConfig, log_path: str | Path, side: str, producer: str = "") -> TransformResult:
+    """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json.
+
+    `producer` (the model's digest) goes into every checkpoint: an answer by another model is never reused.
+    """
     job = transform_job(plan_group, replay)
     if is_url(model):
         log.info("replaying %s through the container at %s", side, model)
-        result = transform(input_dir, output_dir, model, job)
+        result = transform(input_dir, output_dir, model, job, producer=producer)
     else:
         with serve_model(model, Path(log_path), env=job.container_environment()) as url:
-            result = transform(input_dir, output_dir, url, job)
+            result = transform(input_dir, output_dir, url, job, producer=producer)
     return dataclasses.replace(result, side=side)
+
+
+def forget_wrong_answers(run_dir: str | Path) -> list[str]:
+    """Drop the checkpoints of replay files whose answers join found wrong (count, NaN, unparsable).
+
+    Such a file has a complete .out, so a resumed run would skip it and keep the wrong answers; without
+    its checkpoint the file is transformed again. Returns the replay files forgotten.
+    """
+    run_dir = Path(run_dir)
+    places = set()
+    for part in sorted((run_dir / "join" / "quarantine").glob("*.parquet")):
+        for row in pq.read_table(part, columns=["record_id", "capture_file", "capture_line", "reason"]).to_pylist():
+            if _wrong_answer(row["reason"]):
+                places.add((row["record_id"], row["capture_file"], row["capture_line"]))
+    files = set()
+    if places:
+        columns = ["record_id", "capture_file", "capture_line", "replay_file"]
+        for part in sorted((run_dir / "prepare" / "records").glob("*.parquet")):
+            for row in pq.read_table(part, columns=columns).to_pylist():
+                if row["replay_file"] and (row["record_id"], row["capture_file"], row["capture_line"]) in places:
+                    files.add(row["replay_file"])
+    for replay_file in sorted(files):
+        for side in ("candidate", "production"):
+            checkpoint_path(run_dir / "replay" / side / f"{replay_file}.out").unlink(missing_ok=True)
+    if files:
+        log.info("%d replay files had wrong answers; a resumed run transforms them again", len(files))
+    return sorted(files)
+
+
+def _wrong_answer(code: str) -> bool:
+    """A quarantine reason that means a .out exists but its answers are wrong (the model's fault)."""
+    reason = REASONS.get(code)
+    if reason is None:
+        return False
+    if getattr(reason, "owner", None) == "candidate":
+        return code != "replay_file_failed"  # no .out, so no checkpoint to forget
+    return code in WRONG_ANSWER_REASONS

@@ -186,8 +186,12 @@ class TransformResult:
 
 
 def transform(input_dir: str | Path, output_dir: str | Path, endpoint_url: str, job: TransformJob,
-              resume: bool = True, *, ping_timeout_s: float = 240.0) -> TransformResult:
-    """Run `job` over every file under input_dir against the container at endpoint_url."""
+              resume: bool = True, *, ping_timeout_s: float = 240.0, producer: str = "") -> TransformResult:
+    """Run `job` over every file under input_dir against the container at endpoint_url.
+
+    `producer` names what answers (the model's digest); it is kept in each checkpoint beside the input
+    digest, so a resume never takes another model's answers for this one's.
+    """
     started = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir or output_dir.is_relative_to(input_dir):
@@ -210,7 +214,7 @@ def transform(input_dir: str | Path, output_dir: str | Path, endpoint_url: str, 
             except OSError as exc:
                 failed.append(_fail(relative, out, *_reason(exc)))
                 continue
-            digest = hashlib.sha256(data).hexdigest()
+            digest = hashlib.sha256(data).hexdigest() + (f" {producer}" if producer else "")
             if resume and _checkpointed(out, digest):
                 log.debug("%s: .out exists for this input, skipped", relative)
                 done.append(relative)
