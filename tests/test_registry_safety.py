@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import sqlite3
 import threading
 
 import boto3
@@ -72,6 +73,66 @@ def test_a_person_may_always_overrule_a_run(registry):
     package = registry.register("fraud", "s3://b/m.tar.gz")
     assert registry.set_status(package, PENDING, "Rejected", "gate", "run-1")
     assert registry.set_status(package, "Rejected", "Approved", "overruled by hand", None)
+
+
+def _by_hand(registry, package, status):
+    """What someone with the sqlite3 shell does: no history row, no run id, nothing but the status."""
+    with sqlite3.connect(registry.path) as db:
+        db.execute("UPDATE packages SET approval_status = ? WHERE package_id = ?", (status, package))
+    db.close()
+
+
+@pytest.mark.parametrize("automatic, manual", [("Approved", "Rejected"), ("Rejected", "Approved")])
+def test_a_status_set_outside_the_tool_after_a_run_s_decision_is_never_overwritten(registry, automatic, manual):
+    package = registry.register("fraud", "s3://b/m.tar.gz")
+    assert registry.set_status(package, PENDING, automatic, "gate", "run-1")
+    _by_hand(registry, package, manual)  # the last history row still names run-1
+    result = _verdict(registry, package, automatic, "run-2", at_start=manual)
+    assert not result["updated"] and registry.describe(package).status == manual
+
+
+def test_a_status_flipped_outside_the_tool_and_back_still_counts_as_manual(registry):
+    package = registry.register("fraud", "s3://b/m.tar.gz")
+    assert registry.set_status(package, PENDING, "Approved", "gate", "run-1")
+    _by_hand(registry, package, "Rejected")
+    _by_hand(registry, package, "Approved")  # a person confirmed it: a run may no longer revise it
+    assert not registry.set_status(package, "Approved", "Rejected", "re-judged", "run-2")
+    assert registry.describe(package).status == "Approved"
+
+
+def test_a_pending_status_set_by_hand_asks_for_a_decision(registry):
+    package = registry.register("fraud", "s3://b/m.tar.gz")
+    assert registry.set_status(package, PENDING, "Rejected", "gate", "run-1")
+    _by_hand(registry, package, PENDING)  # "judge it again"
+    assert registry.set_status(package, PENDING, "Approved", "gate", "run-2")
+
+
+def test_a_registry_file_from_before_the_write_count_keeps_its_decisions(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema as it was, with a run's decision in it
+        db.executescript(OLD_SCHEMA)
+    db.close()
+    registry = LocalRegistry(path)
+    assert not registry.set_status("fraud/1", "Approved", "Rejected", "gate", "run-2")
+    assert registry.describe("fraud/1").status == "Approved"
+    package = registry.register("fraud", "s3://b/m2.tar.gz")
+    assert registry.set_status(package, PENDING, "Approved", "gate", "run-3")
+    assert registry.set_status(package, "Approved", "Rejected", "re-judged", "run-4")
+
+
+OLD_SCHEMA = """
+CREATE TABLE package_groups (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE packages (package_id TEXT PRIMARY KEY, group_name TEXT NOT NULL, version INTEGER NOT NULL,
+    model_uri TEXT NOT NULL, approval_status TEXT NOT NULL, description TEXT NOT NULL, metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, UNIQUE (group_name, version));
+CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, package_id TEXT NOT NULL, from_status TEXT,
+    to_status TEXT NOT NULL, changed_by TEXT NOT NULL, reason TEXT NOT NULL, run_id TEXT, changed_at TEXT NOT NULL);
+INSERT INTO package_groups VALUES ('fraud', '2025-01-01T00:00:00Z');
+INSERT INTO packages VALUES ('fraud/1', 'fraud', 1, 's3://b/m.tar.gz', 'Approved', 'gate', '{}',
+    '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z');
+INSERT INTO history VALUES (1, 'fraud/1', NULL, 'PendingManualApproval', 'shadow-eval', 'registered', NULL, 'x');
+INSERT INTO history VALUES (2, 'fraud/1', 'PendingManualApproval', 'Approved', 'shadow-eval', 'gate', 'run-1', 'x');
+"""
 
 
 def _race(path: str, package: str, verdict: str, run_id: str) -> bool:
@@ -190,6 +251,15 @@ def test_sagemaker_manual_decision_is_never_overwritten(sagemaker):
     assert (info.status, info.description) == ("Approved", "approved by the risk team")
     (latest,) = sagemaker.history(arn)
     assert latest.run_id is None
+
+
+def test_sagemaker_a_status_changed_in_the_console_without_a_description_is_manual(sagemaker):
+    arn = sagemaker.register(GROUP, IMAGE)
+    assert sagemaker.set_status(arn, PENDING, "Approved", "ok", "run-1")
+    # The console (or an API call) changes the status and leaves run-1's description in place.
+    sagemaker.client.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Rejected")
+    assert not sagemaker.set_status(arn, "Rejected", "Approved", "gate passed", "run-2")
+    assert sagemaker.describe(arn).status == "Rejected"
 
 
 def test_sagemaker_a_later_run_may_revise_a_run_s_decision(sagemaker):

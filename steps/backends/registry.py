@@ -4,9 +4,12 @@ A package id is `<group>/<version>` (versions count from 1 per group, as in Sage
 status change is a compare-and-set: it applies only while the package still has the status the
 caller saw, so a package someone approved or rejected by hand during a run is never overwritten,
 and of two racing runs exactly one decides. A run (a call with a run_id) never overwrites a manual
-decision either: an Approved or Rejected status that a person set (no run_id), or that the package
-was registered with, stays as it is even when it is the status the run started from. Every
-transition is kept in an audit history.
+decision either, and a decision is manual unless this tool's run wrote it: the status itself says
+so, not the history (which a `sqlite3` UPDATE or another program does not write). A trigger counts
+every write of approval_status, whoever makes it (`status_writes`); a run's write records the count
+it produced (`run_status_write`). An Approved or Rejected status whose count is not the one a run
+recorded was set by someone else (by hand, by another program, or at registration) and stays. Every
+transition made through this class is kept in an audit history.
 """
 from __future__ import annotations
 
@@ -91,7 +94,7 @@ class Registry(Protocol):
     def list_packages(self, group: str) -> list[PackageInfo]: ...
 
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS package_groups (
     name        TEXT PRIMARY KEY,
     created_at  TEXT NOT NULL
@@ -120,6 +123,14 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_package ON history(package_id, id);
 """
+_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS count_status_writes AFTER UPDATE OF approval_status ON packages
+BEGIN
+    UPDATE packages SET status_writes = OLD.status_writes + 1 WHERE package_id = NEW.package_id;
+END;
+"""
+_COLUMNS = {"status_writes": "INTEGER NOT NULL DEFAULT 0", "run_status_write": "INTEGER"}
+"""Added to packages (also to a registry file made before they existed: its decisions then count as manual)."""
 
 
 class LocalRegistry:
@@ -134,7 +145,16 @@ class LocalRegistry:
         # executescript commits on its own, so the schema is created outside _transaction.
         db = sqlite3.connect(self.path, timeout=30)
         try:
-            db.executescript(_SCHEMA)
+            db.executescript(_TABLES)
+            present = {row[1] for row in db.execute("PRAGMA table_info(packages)")}
+            for column, kind in _COLUMNS.items():
+                if column not in present:
+                    try:
+                        db.execute(f"ALTER TABLE packages ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
+            db.executescript(_TRIGGER)
         finally:
             db.close()
 
@@ -154,7 +174,8 @@ class LocalRegistry:
             (version,) = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM packages WHERE group_name = ?",
                                     (group,)).fetchone()
             package_id = f"{group}/{version}"
-            db.execute("INSERT INTO packages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO packages (package_id, group_name, version, model_uri, approval_status, "
+                       "description, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (package_id, group, version, model_uri, status, description,
                         json.dumps(meta, sort_keys=True), now, now))
             db.execute("INSERT INTO history (package_id, from_status, to_status, changed_by, reason, run_id, "
@@ -181,25 +202,26 @@ class LocalRegistry:
         extra = _check_metadata(metadata or {})
         now = self._now()
         with self._transaction() as db:
-            row = db.execute("SELECT approval_status, metadata FROM packages WHERE package_id = ?",
+            row = db.execute("SELECT approval_status, metadata, status_writes, run_status_write FROM packages "
+                             "WHERE package_id = ?",
                              (package_id,)).fetchone()
             if row is None:
                 raise RegistryError(f"no model package {package_id!r}")
             if row["approval_status"] != expected_status:
                 return False
-            if run_id is not None and row["approval_status"] in DECISIONS:
-                (last_run_id,) = db.execute("SELECT run_id FROM history WHERE package_id = ? ORDER BY id DESC LIMIT 1",
-                                            (package_id,)).fetchone()
-                if last_run_id is None:
-                    log.warning("%s is %s by a manual decision; run %s leaves it alone", package_id,
-                                row["approval_status"], run_id)
-                    return False
+            if run_id is not None and row["approval_status"] in DECISIONS and _manual(row):
+                log.warning("%s is %s by a decision no shadow-eval run wrote; run %s leaves it alone", package_id,
+                            row["approval_status"], run_id)
+                return False
             merged = _check_metadata({**json.loads(row["metadata"]), **extra})
-            # The WHERE repeats the comparison so the update is a compare-and-set on its own.
+            # The WHERE repeats the comparison so the update is a compare-and-set on its own. The trigger
+            # counts this write; a run records the count it produces, a person's call (no run_id) does not.
             changed = db.execute(
-                "UPDATE packages SET approval_status = ?, description = ?, metadata = ?, updated_at = ? "
+                "UPDATE packages SET approval_status = ?, description = ?, metadata = ?, updated_at = ?, "
+                "run_status_write = CASE WHEN ? THEN status_writes + 1 ELSE run_status_write END "
                 "WHERE package_id = ? AND approval_status = ?",
-                (new_status, description, json.dumps(merged, sort_keys=True), now, package_id, expected_status),
+                (new_status, description, json.dumps(merged, sort_keys=True), now, run_id is not None,
+                 package_id, expected_status),
             ).rowcount
             if changed != 1:
                 return False
@@ -260,6 +282,11 @@ def parse_transition_note(description: str) -> tuple[str, str, str] | None:
     """(run_id, from_status, to_status) from a description transition_note wrote; None for any other text."""
     match = _NOTE.match(description or "")
     return (match["run_id"], match["from_status"], match["to_status"]) if match else None
+
+
+def _manual(row: sqlite3.Row) -> bool:
+    """Whether the package's status was written by anything but a shadow-eval run (see the module note)."""
+    return row["run_status_write"] is None or row["run_status_write"] != row["status_writes"]
 
 
 def _info(row: sqlite3.Row) -> PackageInfo:
