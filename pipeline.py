@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from steps import capture_stats, compare, gate, join, names, prepare, replay, report
+from steps import capture_stats, compare, gate, join, names, prepare, replay, report, safe_files
 from steps.aws_cli import add_pipeline_commands
 from steps.regate import add_regate_command
 from steps.query import add_query_command, add_views_command
@@ -223,7 +223,7 @@ def model_digest(model: str | None) -> str | None:
         files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             digest.update(file.relative_to(path).as_posix().encode() + b"\0" if file != path else b"")
-            with open(file, "rb") as handle:
+            with safe_files.open_regular(file) as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     except OSError as exc:
@@ -274,8 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"shadow-eval: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (RunChanged, names.InvalidName) as exc:
+        print(f"shadow-eval: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (FileNotFoundError, ValueError) as exc:
         print(f"shadow-eval: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a path that is a loop, a device, unwritable, full: say which, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"shadow-eval: {where}{exc.strerror or exc}; check that path (it must be a readable, writable regular "
+              "file or folder) and re-run", file=sys.stderr)
         return EXIT_FAILED
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _AWS_PACKAGES:
@@ -304,9 +312,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--window-end", help="ISO-8601 UTC, exclusive")
     run.add_argument("--candidate", help="candidate MODEL: model.tar.gz, folder or container URL")
     run.add_argument("--production", help="production MODEL, replayed for the noise floor")
-    run.add_argument("--candidate-package", help="registry package id to approve or reject")
+    run.add_argument("--candidate-package", type=names.argument("package id"),
+                     help="registry package id to approve or reject")
     run.add_argument("--ground-truth", help="Model Monitor ground-truth folder")
-    run.add_argument("--run-id", help="re-use a run id to finish an interrupted run")
+    run.add_argument("--run-id", type=names.argument("run id"), help="re-use a run id to finish an interrupted run")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(command=_cmd_run)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from analysis.capture import CaptureCall, CaptureLineError, parse_capture_line
+from steps import names, safe_files
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,12 @@ def list_capture_files(root: str | Path, endpoint: str | None = None, variant: s
     for endpoint_dir in _children(root, endpoint, misfits, root, "endpoint folder"):
         for variant_dir in _children(endpoint_dir, variant, misfits, root, "variant folder"):
             for hour_dir, hour in _hour_folders(variant_dir, root, low, high, misfits):
-                for entry in sorted(os.scandir(hour_dir), key=lambda e: e.name):
+                for entry in _entries(hour_dir, root, misfits):
                     relative = _relative(Path(entry.path), root)
                     if entry.is_dir():
                         misfits.append(Misfit(relative, f"a folder inside an hour folder; expected {_LAYOUT}"))
+                    elif (problem := safe_files.problem(entry.path, root)) is not None:
+                        misfits.append(Misfit(relative, problem))
                     else:
                         files.append(CaptureFile(Path(entry.path), relative, endpoint_dir.name, variant_dir.name, hour))
     for misfit in misfits:
@@ -120,7 +123,7 @@ def list_capture_files(root: str | Path, endpoint: str | None = None, variant: s
 
 def read_capture_file(file: CaptureFile, window: Window = Window()) -> Iterator[CaptureLine]:
     """Stream the lines of one capture file as calls or errors; a binary file is one binary_file line."""
-    with open(file.path, "rb") as handle:
+    with safe_files.open_regular(file.path) as handle:
         head = handle.read(_SNIFF_BYTES)
         if head.startswith(_COMPRESSED_MAGIC) or b"\x00" in head:
             kind = "compressed" if head.startswith(_COMPRESSED_MAGIC) else "binary (NUL bytes)"
@@ -143,13 +146,19 @@ def read_capture_file(file: CaptureFile, window: Window = Window()) -> Iterator[
 
 
 def _children(folder: Path, only: str | None, misfits: list[Misfit], root: Path, what: str) -> list[Path]:
+    kind = what.split()[0]  # endpoint or variant: the folder name is that name
     if only is not None:
+        names.check(kind, only)  # the config checked it too; a caller of this function may not have
         chosen = folder / only
-        return [chosen] if chosen.is_dir() else []
+        return [chosen] if chosen.is_dir() and _inside(chosen, root, misfits) else []
     found = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in _entries(folder, root, misfits):
         if entry.is_dir():
-            found.append(Path(entry.path))
+            if not names.is_valid(kind, entry.name):
+                misfits.append(Misfit(_relative(Path(entry.path), root), f"{entry.name!r} is not a SageMaker "
+                                      f"{kind} name; expected {_LAYOUT}"))
+            elif _inside(Path(entry.path), root, misfits):
+                found.append(Path(entry.path))
         else:
             problem = f"a file where a {what} belongs; expected {_LAYOUT}"
             misfits.append(Misfit(_relative(Path(entry.path), root), problem))
@@ -161,8 +170,10 @@ def _hour_folders(variant_dir: Path, root: Path, low: dt.datetime | None, high: 
     """Walk yyyy/mm/dd/hh below a variant, skipping folders whose span misses [low, high)."""
     def walk(folder: Path, level: int, parts: tuple[int, ...]) -> Iterator[tuple[Path, dt.datetime]]:
         name, width = _TIME_LEVELS[level]
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        for entry in _entries(folder, root, misfits):
             path = Path(entry.path)
+            if entry.is_dir() and not _inside(path, root, misfits):
+                continue
             if not entry.is_dir():
                 misfits.append(Misfit(_relative(path, root), f"a file where a {name} folder belongs; expected {_LAYOUT}"))
                 continue
@@ -193,6 +204,25 @@ def _span(parts: tuple[int, ...], level: int) -> tuple[dt.datetime, dt.datetime]
     except ValueError:
         return None
     return begins, begins + (dt.timedelta(days=1) if level == 2 else HOUR)
+
+
+def _entries(folder: Path, root: Path, misfits: list[Misfit]) -> list[os.DirEntry]:
+    """A folder's entries by name; a misfit (and nothing) when it cannot be listed."""
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        misfits.append(Misfit(_relative(folder, root), f"cannot be listed ({exc.strerror}); check its permissions"))
+        return []
+
+
+def _inside(folder: Path, root: Path, misfits: list[Misfit]) -> bool:
+    """Whether a folder (maybe a link) lies inside the capture root; a misfit when it does not."""
+    if folder.resolve().is_relative_to(root.resolve()):
+        return True
+    misfits.append(Misfit(_relative(folder, root), f"a link to {folder.resolve()}, outside the capture root; "
+                          "copy the capture in instead of linking it"))
+    return False
 
 
 def _relative(path: Path, root: Path) -> str:

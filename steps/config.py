@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import math
 import re
 import types
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from steps import names
+from steps import names, safe_files
 
 InputFormat = Literal["auto", "csv", "jsonlines", "json", "binary"]
 OutputFormat = Literal["auto", "csv", "json", "jsonlines"]
@@ -294,9 +295,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     """Read a YAML config file, apply dotted-key overrides (from the CLI), validate."""
     source = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(source, "<file>", "no such file") from None
+        with safe_files.open_regular(path) as handle:  # a FIFO given as --config must not hang the run
+            data = yaml.safe_load(handle.read().decode("utf-8")) or {}
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise ConfigError(source, "<file>", "no such file") from None
+        raise ConfigError(source, "<file>", f"{exc.strerror}; give a readable YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "<file>", f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, "<file>", f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -325,6 +331,10 @@ def config_from_mapping(data: dict[str, Any], source: str = "<config>") -> Confi
                 names.check(kind, value)
             except names.InvalidName as exc:
                 raise ConfigError(source, key, str(exc)) from None
+    registry_path = Path(config.registry.path)
+    if registry_path.is_absolute() or ".." in registry_path.parts:
+        raise ConfigError(source, "registry.path", f"{config.registry.path!r} must be a path inside the workspace "
+                          "(relative, without ..)")
     if config.aws is not None:
         _check_aws(config.aws, config, source)
     return config

@@ -32,6 +32,7 @@ from analysis.outputs import OutputParseError, ParsedOutput, outputs_match, pars
 from analysis.quarantine import REASONS
 from analysis.records import document_records
 from analysis.results import Accounting
+from steps import safe_files
 from steps.backends.catalog import SCHEMAS
 from steps.config import Config, OutputParsing
 
@@ -399,10 +400,14 @@ def load_ground_truth(db: duckdb.DuckDBPyConnection, config: Config, scratch: Pa
     invalid = 0
     with pq.ParquetWriter(staged, _TRUTH_SCHEMA) as writer:
         seq = 0
-        for path in sorted(root.rglob("*.jsonl")):
+        for path, problem in safe_files.walk_files(root, ".jsonl"):
+            if problem is not None:  # a FIFO would hang, a folder named x.jsonl would fail: skip, and say so
+                log.warning("ground truth %s: %s", path, problem)
+                continue
+            with safe_files.open_regular(path) as handle:
+                text = handle.read().decode("utf-8", errors="replace")
             batch: dict[str, list] = {name: [] for name in _TRUTH_SCHEMA.names}
-            for line, parsed in ground_truth_records(path.read_text(encoding="utf-8", errors="replace"),
-                                                     config.ground_truth):
+            for line, parsed in ground_truth_records(text, config.ground_truth):
                 if isinstance(parsed, GroundTruthError):
                     invalid += 1
                     log.warning("ground truth %s line %d: %s", path.relative_to(root), line, parsed)

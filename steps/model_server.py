@@ -35,6 +35,7 @@ import tempfile
 import threading
 import traceback
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -278,8 +279,9 @@ def extract_model(archive: Path, into: Path) -> Path:
                     if not (base / member.linkname).resolve().is_relative_to(into):
                         raise ModelArtifactError(f"{archive}: link {member.name!r} points outside the model folder")
             tar.extractall(into, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise ModelArtifactError(f"{archive}: not a readable tar.gz model artifact: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # a cut-off gzip stream raises the last two
+        raise ModelArtifactError(f"{archive}: not a readable tar.gz model artifact ({type(exc).__name__}: {exc}); "
+                                 "it may be truncated: copy or build it again (tar -tzf checks it)") from None
     return into
 
 

@@ -14,10 +14,11 @@ PACKAGE_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 LOCAL_PACKAGE_ID = re.compile(r"(?P<group>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})/(?P<version>[1-9][0-9]{0,8})")
 PACKAGE_ARN = re.compile(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package/"
                          r"[A-Za-z0-9](?:-*[A-Za-z0-9]){0,62}/[1-9][0-9]{0,8}")
-ENDPOINT = re.compile(r"[A-Za-z0-9](?:-*[A-Za-z0-9]){0,62}")
-"""A SageMaker endpoint name, which is also a capture folder name."""
-VARIANT = re.compile(r"[A-Za-z0-9](?:[-_.]*[A-Za-z0-9]){0,62}")
-"""A production variant name (SageMaker allows `-`; shadow variants are often written with `_` or `.`)."""
+ENDPOINT = re.compile(r"[A-Za-z0-9](?:[-_.]*[A-Za-z0-9]){0,62}")
+"""An endpoint name, which is also a capture folder name (SageMaker allows only `-` inside; `_` and `.`
+are taken too for capture copied by other tools, but never `..` alone or a `/`)."""
+VARIANT = ENDPOINT
+"""A production variant name, with the same rule."""
 DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 """A Glue database, or the DuckDB schema standing in for it."""
 REPLAY_GROUPS = ("csv", "jsonlines", "json", "binary")
@@ -25,7 +26,7 @@ REPLAY_GROUPS = ("csv", "jsonlines", "json", "binary")
 _RULES = {
     "run id": (RUN_ID, "letters, digits, _ and -, starting with a letter or digit, at most 64"),
     "model package group": (PACKAGE_GROUP, "letters, digits, _ . and -, starting with a letter or digit, at most 128"),
-    "endpoint": (ENDPOINT, "letters, digits and -, starting and ending with a letter or digit, at most 63"),
+    "endpoint": (ENDPOINT, "letters, digits and - _ ., starting and ending with a letter or digit, at most 63"),
     "variant": (VARIANT, "letters, digits and - _ ., starting and ending with a letter or digit, at most 63"),
     "database": (DATABASE, "letters, digits and _, not starting with a digit, at most 64"),
 }

@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from steps.backends.catalog import LocalCatalog, view_statements
+from steps import names
 from steps.config import load_config
 
 FORMATS = ("table", "csv", "json")
@@ -80,7 +81,8 @@ def add_query_command(subparsers: Any) -> None:
     query = subparsers.add_parser("query", help="run SQL over the local tables and views (DuckDB, read-only)")
     query.add_argument("sql", help='one SQL statement, e.g. "SELECT * FROM shadow_latest_runs"')
     query.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default {DEFAULT_WORKSPACE}")
-    query.add_argument("--database", default="shadow_eval", help="schema of the views (tables.database)")
+    query.add_argument("--database", default="shadow_eval", type=names.argument("database"),
+                       help="schema of the views (tables.database)")
     query.add_argument("--format", choices=FORMATS, default="table")
     query.set_defaults(command=_cmd_query)
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from analysis.gate import Decision, decide
 from analysis.report import build_report, summary_markdown
 from analysis.results import Accounting
-from steps import compare, join, report
+from steps import compare, join, names, report
 from steps.backends.catalog import LocalCatalog
 from steps.backends.registry import LocalRegistry, Registry
 from steps.config import Config, ConfigError, config_from_mapping
@@ -64,13 +64,20 @@ def run(workspace: str | Path, run_id: str, ground_truth_root: str | Path,
         registry: Registry | None = None) -> RegateOutcome:
     """Re-join labels from ground_truth_root onto a finished run, re-compare, re-decide, rewrite and re-publish."""
     workspace = Path(workspace)
+    try:
+        names.check("run id", run_id)
+    except names.InvalidName as exc:
+        raise ConfigError("<regate>", "RUN_ID", f"{exc}; give the id of a run in {workspace / 'runs'}") from None
     run_dir = workspace / "runs" / run_id
     record = run_dir / "run.json"
-    if not record.exists():
+    if not record.is_file():
         raise FileNotFoundError(f"no run {run_id} in {workspace} (no {record})")
     if not (run_dir / "join" / "records").is_dir():
         raise FileNotFoundError(f"run {run_id} never finished its join ({run_dir / 'join' / 'records'} is missing)")
     info = json.loads(record.read_text(encoding="utf-8"))
+    if info.get("run_id", run_id) != run_id:
+        raise ConfigError(str(record), "run_id", f"says {info.get('run_id')!r}, not {run_id!r}: the folder was "
+                          "copied or renamed; regate a run where it was made")
     mapping = info["config"]
     mapping["ground_truth"] = {**mapping.get("ground_truth", {}), "root": str(ground_truth_root)}
     config = config_from_mapping(mapping, f"{record} (+ --ground-truth)")
@@ -87,17 +94,21 @@ def run(workspace: str | Path, run_id: str, ground_truth_root: str | Path,
     report_path = run_dir / "report" / "report.html"
     run_info = {**info, "run_id": run_id, "regated_at": _utc_now(), "ground_truth_root": str(ground_truth_root)}
     registry = registry or LocalRegistry(workspace / config.registry.path)
-    summary = summary_markdown(build_report({"run_id": run_id, "report_uri": str(report_path)}, accounting,
-                                            comparison, decision))
-    outcome = record_regate_verdict(registry, info.get("candidate_package"), info.get("status_at_start"),
-                                    decision.status, summary, run_id, str(report_path.resolve()))
+    package, status_at_start = info.get("candidate_package"), info.get("status_at_start")
     evaluation = decision.to_evaluation()
-    evaluation["registry"] = outcome
+    evaluation["registry"] = {"package_id": package, "status_at_start": status_at_start, "updated": False,
+                              "note": "recorded by a later step"}
     evaluation["regate"] = {"at": run_info["regated_at"], "ground_truth_root": str(ground_truth_root), **labels}
     write_evaluation(run_dir, evaluation)
     paths = report.run(run_dir, run_info, accounting, comparison, decision)
     publish_run(LocalCatalog(workspace, config.tables.database), run_dir, run_info, accounting, comparison,
                 decision, str(paths["report.html"]))
+    # Publish, then decide: the registry moves only once every table and report says the same.
+    summary = summary_markdown(build_report({"run_id": run_id, "report_uri": str(report_path)}, accounting,
+                                            comparison, decision))
+    outcome = record_regate_verdict(registry, package, status_at_start, decision.status, summary, run_id,
+                                    str(report_path.resolve()))
+    write_evaluation(run_dir, {**evaluation, "registry": outcome})
     return RegateOutcome(run_id, decision, accounting, labels, outcome, paths["report.html"])
 
 
@@ -173,7 +184,7 @@ def _accounting(run_dir: Path) -> Accounting:
 def add_regate_command(subparsers: Any) -> None:
     """`shadow-eval regate RUN_ID --ground-truth DIR`: re-judge a past run with labels that came later."""
     regate = subparsers.add_parser("regate", help="re-judge a past run with ground truth that arrived later")
-    regate.add_argument("run_id", metavar="RUN_ID")
+    regate.add_argument("run_id", metavar="RUN_ID", type=names.argument("run id"))
     regate.add_argument("--ground-truth", required=True, help="Model Monitor ground-truth folder")
     regate.add_argument("--workspace", default=".shadow-eval", help="the workspace the run is in")
     regate.add_argument("--json", action="store_true", help="print one JSON object")

@@ -169,7 +169,7 @@ class LocalCatalog:
     def refresh(self) -> None:
         """(Re)create the table views over the Parquet and the analyst views from sql/*.sql."""
         self.workspace.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(self.db_path)) as db:
+        with self._connect_for_writing() as db:
             db.execute(f"CREATE SCHEMA IF NOT EXISTS {self.database}")
             for table in SCHEMAS:
                 db.execute(f"CREATE OR REPLACE VIEW {self.database}.{table} AS {self._source(table)}")
@@ -178,6 +178,18 @@ class LocalCatalog:
             # Whoever opens the file without `USE <database>` still finds every name in main.
             for name in (*SCHEMAS, *VIEWS):
                 db.execute(f"CREATE OR REPLACE VIEW main.{name} AS SELECT * FROM {self.database}.{name}")
+
+    def _connect_for_writing(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(self.db_path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise CatalogError(f"{self.db_path}: cannot open the DuckDB file: {exc}") from None
+            holder = re.search(r"PID (\d+)", str(exc))
+            raise CatalogError(
+                f"{self.db_path} is locked by another program{f' (PID {holder[1]})' if holder else ''}: close that "
+                "connection (a notebook or duckdb shell; even a read-only one blocks the writer) and re-run; the "
+                "run's Parquet files are already in place") from None
 
     def query(self, sql: str) -> pd.DataFrame:
         """Run one read-only query with the catalog's schema as the default."""
