@@ -13,8 +13,9 @@ import binascii
 import dataclasses
 import datetime as dt
 import json
+import unicodedata
 
-from analysis.records import Format, SplitError, compact_json, detect_format, document_records, split_body
+from analysis.records import Format, SplitError, compact_json, detect_format, request_records, split_body
 
 ENCODINGS = ("CSV", "JSON", "BASE64")
 EVENT_VERSION = "0"
@@ -128,6 +129,11 @@ def parse_capture_line(line: bytes, *, require_input: bool = True, require_outpu
         raise CaptureLineError("not_capture_record", "no eventMetadata.eventId string")
     event_id, raw_time = metadata["eventId"], metadata.get("inferenceTime")
     inference_time = parse_inference_time(raw_time) if isinstance(raw_time, str) else None
+    if any(unicodedata.category(ch) == "Cc" for ch in event_id):
+        # A record id travels in replay files one per line (CSV column 0): a line break would split its line
+        # and fail the whole file. SageMaker's eventIds are UUIDs; this one was damaged or forged.
+        raise CaptureLineError("not_capture_record", "eventMetadata.eventId contains a line break or control "
+                               "character", None, inference_time)
     try:
         payload_in, payload_out = _payloads(record, capture)
     except CaptureLineError as exc:
@@ -204,7 +210,7 @@ def _split_input(call: CaptureCall, fmt: Format, instances_path: str | None) -> 
     try:
         if fmt == "json":
             document = json.loads(text)
-            items = document_records(document, instances_path)
+            items = request_records(document, instances_path)
             return [compact_json(item) for item in items], compact_json(document)
         inputs = split_body(text, fmt)
     except (SplitError, json.JSONDecodeError) as exc:

@@ -81,6 +81,17 @@ def document_records(document: object, records_path: str | None) -> list[object]
     return [document]
 
 
+def request_records(document: object, records_path: str | None) -> list[object]:
+    """Records of a JSON request: as document_records, except that a bare flat list of scalars is one record.
+
+    A request body `[1, 2, 3]` is one row of features, as the serving containers read it, not three
+    records; `{"instances": [1, 2, 3]}` stays three instances.
+    """
+    if isinstance(document, list) and document and all(not isinstance(item, (list, dict)) for item in document):
+        return [document]
+    return document_records(document, records_path)
+
+
 def compact_json(value: object) -> str:
     """JSON text without insignificant whitespace, keys in their original order."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -30,7 +30,7 @@ from analysis.ground_truth import GroundTruthError, ground_truth_records
 from analysis.outputs import OutputParseError, ParsedOutput, outputs_match, parse_body, parse_output, parse_value, \
     split_document
 from analysis.quarantine import REASONS
-from analysis.records import document_records
+from analysis.records import request_records
 from analysis.results import Accounting
 from steps import safe_files
 from steps.backends.catalog import SCHEMAS
@@ -262,7 +262,7 @@ class _Side:
             if not _same_json(echo, replayed):
                 return _Problem("replay_output_mismatch", f"{where} echoes a different input than the replayed line")
             return parse_value(output, self.parsing, self.decimals)
-        requests = document_records(echo, self.instances_path)
+        requests = request_records(echo, self.instances_path)
         index = row["replay_index"] or 0
         if index >= len(requests) or not _same_json(requests[index], replayed):
             return _Problem("replay_output_mismatch", f"{where} echoes a request without this record at index {index}")

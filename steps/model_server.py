@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import csv
 import dataclasses
 import errno
@@ -26,6 +27,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +55,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MODEL_FILES = ("model.joblib", "model.pkl", "model.pickle")
 TEXT_TYPES = {"text/csv", "application/json", "application/jsonlines", "application/x-jsonlines"}
 EXIT_ADDRESS_IN_USE = 3
+SCRATCH_PREFIX = "shadow-eval-model-"
+"""Temporary model folders are `<tmp>/shadow-eval-model-<owner pid>-<random>`."""
+PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -287,15 +292,74 @@ def extract_model(archive: Path, into: Path) -> Path:
 
 @contextlib.contextmanager
 def model_folder(model: str | Path) -> Iterator[Path]:
-    """An unpacked model folder: the folder itself, or a temporary extraction of a tar.gz."""
+    """An unpacked model folder: the folder itself, or a temporary extraction of a tar.gz (removed after)."""
     path = Path(model)
     if path.is_dir():
         yield path
         return
     if not path.is_file():
         raise ModelArtifactError(f"{path}: no such model artifact (a model.tar.gz or an unpacked folder)")
-    with tempfile.TemporaryDirectory(prefix="shadow-eval-model-") as scratch:
-        yield extract_model(path, Path(scratch))
+    scratch = scratch_folder()
+    try:
+        yield extract_model(path, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def scratch_folder() -> Path:
+    """A new temporary folder named after this process, so a later run can tell when its owner is dead."""
+    sweep_stale_folders()
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
+def sweep_stale_folders(parent: str | Path | None = None) -> list[Path]:
+    """Remove model folders left by processes that died without cleaning up (kill -9); returns them."""
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        owner = _scratch_owner(folder)
+        if owner is None or _alive(owner):
+            continue
+        try:
+            if folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d model folders left by processes that are gone", len(removed))
+    return removed
+
+
+def _scratch_owner(folder: Path) -> int | None:
+    pid = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies; exit now if the parent is already gone.
+
+    Called first thing in the server process (not in a preexec_fn, which is unsafe with threads); the
+    getppid check after prctl closes the window in which the parent could die before the request.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog thread still notices
+    if os.getppid() != parent_pid:
+        log.error("the process that started this model server (pid %d) is gone; exiting", parent_pid)
+        raise SystemExit(1)
 
 
 @contextlib.contextmanager
@@ -307,9 +371,13 @@ def serve_model(model: str | Path, log_path: Path, env: dict | None = None, *,
     with model_folder(model) as folder:
         process_env = {**os.environ, "SAGEMAKER_BATCH": "true", **(env or {})}
         process_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        # The server dies with this process (even by kill -9) and then removes the folder it was given,
+        # when this process made it; a folder left anyway is swept by the next run (sweep_stale_folders).
+        owned = ["--remove-on-exit"] if folder.name.startswith(SCRATCH_PREFIX) else []
         for attempt in range(3):
             port = _free_port()
-            command = [sys.executable, "-m", "steps.model_server", "--model", str(folder), "--port", str(port)]
+            command = [sys.executable, "-m", "steps.model_server", "--model", str(folder), "--port", str(port),
+                       "--parent-pid", str(os.getpid()), *owned]
             if execution_parameters is not None:
                 command += ["--execution-parameters", json.dumps(execution_parameters)]
             with open(log_path, "ab") as log_file:
@@ -324,6 +392,14 @@ def serve_model(model: str | Path, log_path: Path, env: dict | None = None, *,
             finally:
                 _stop(process)
         raise ModelServerError(f"could not find a free port for the model server; see {log_path}")
+
+
+def _watch_parent(parent_pid: int, server: ModelServer) -> None:
+    """Stop serving once the parent is gone (where prctl is unavailable, or its signal was missed)."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    log.error("the process that started this model server (pid %d) is gone; stopping", parent_pid)
+    server.shutdown()
 
 
 def _free_port() -> int:
@@ -383,8 +459,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS)
     parser.add_argument("--execution-parameters", type=json.loads, default=None,
                         help="JSON served at GET /execution-parameters (default: 404, as if not implemented)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process dies (how shadow-eval starts it)")
+    parser.add_argument("--remove-on-exit", action="store_true",
+                        help=f"remove the --model folder (a {SCRATCH_PREFIX}* folder) if the parent dies first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _exit_now)  # until the server is up: SIGTERM still runs the cleanup below
+    try:
+        if args.parent_pid is not None:
+            die_with_parent(args.parent_pid)
+        return _serve(args)
+    finally:
+        # The parent removes its folder when it stops us; when it died instead (kill -9), nobody else will.
+        folder = Path(args.model)
+        orphaned = args.parent_pid is not None and os.getppid() != args.parent_pid
+        if args.remove_on_exit and orphaned and folder.is_dir() and folder.name.startswith(SCRATCH_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s", folder)
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _serve(args: argparse.Namespace) -> int:
     with model_folder(args.model) as folder:
         try:
             server = create_server(folder, args.host, args.port, args.execution_parameters)
@@ -392,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
             return EXIT_ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else 1
         signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        if args.parent_pid is not None:
+            threading.Thread(target=_watch_parent, args=(args.parent_pid, server), daemon=True).start()
         log.info("listening on %s (SAGEMAKER_BATCH=%s)", server.url, os.environ.get("SAGEMAKER_BATCH", "false"))
 
         def load_or_stop() -> None:
