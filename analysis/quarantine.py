@@ -63,6 +63,24 @@ REASONS: dict[str, Reason] = {
 }
 
 
+PAYLOAD_FREE_DETAILS = frozenset({
+    "malformed_json", "truncated_line", "not_utf8", "not_capture_record", "unknown_event_version", "unknown_encoding",
+    "invalid_base64", "missing_input", "missing_output", "duplicate_event_id", "binary_file", "input_format_mismatch",
+    "output_count_mismatch", "record_too_large", "csv_width_mismatch", "replay_output_mismatch",
+})
+"""Codes whose detail is built from positions, sizes, names and parser messages only. Any other detail
+(a model's error body, an answer that does not parse, a request that does not split) may quote the payload."""
+
+
+def withheld_detail(code: str, detail: str) -> str:
+    """The detail to publish when captured inputs are hashed or dropped: as is if it cannot hold payload."""
+    if code in PAYLOAD_FREE_DETAILS:
+        return detail
+    known = REASONS.get(code)
+    meaning, fix = (known.meaning, known.fix) if known else (code, "see the run folder")
+    return f"{meaning} (detail withheld: it may quote the payload, and tables.input_text is not keep); {fix}"
+
+
 def reason(code: str) -> Reason:
     """The declared reason for a code; unknown codes are a programming error."""
     return REASONS[code]

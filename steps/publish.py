@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from analysis.gate import Decision
+from analysis.quarantine import withheld_detail
 from analysis.results import Accounting, Comparison
 from steps import compare
 from steps.backends.catalog import Catalog
@@ -17,8 +22,10 @@ def publish_run(catalog: Catalog, run_dir: Path, run_info: dict[str, Any], accou
     run_id = run_info["run_id"]
     catalog.write_partition("shadow_records", run_id, _parts(run_dir, "join", "records"))
     # Prepare and join each quarantine what their stage could not use; the table holds both.
+    quarantine = _parts(run_dir, "prepare", "quarantine") + _parts(run_dir, "join", "quarantine")
+    policy = run_info["config"].get("tables", {}).get("input_text", "keep")
     catalog.write_partition("shadow_quarantine", run_id,
-                            _parts(run_dir, "prepare", "quarantine") + _parts(run_dir, "join", "quarantine"))
+                            quarantine if policy == "keep" else _withholding(quarantine))
     catalog.write_partition("shadow_metrics", run_id, compare.metrics_frame(comparison, decision, run_id))
     config = run_info["config"]
     capture = config["capture"]
@@ -41,6 +48,16 @@ def publish_run(catalog: Catalog, run_dir: Path, run_info: dict[str, Any], accou
         "report_uri": report_uri,
     })
     catalog.refresh()
+
+
+def _withholding(parts: list[Path]) -> Iterator[pa.Table]:
+    """The quarantine parts, one at a time, with every detail that may quote the payload withheld."""
+    for part in parts:
+        table = pq.read_table(part)
+        details = [withheld_detail(code, detail) for code, detail in
+                   zip(table.column("reason").to_pylist(), table.column("detail").to_pylist())]
+        position = table.schema.get_field_index("detail")
+        yield table.set_column(position, table.schema.field(position), pa.array(details, pa.string()))
 
 
 def _parts(run_dir: Path, stage: str, folder: str) -> list[Path]:

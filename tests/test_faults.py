@@ -193,3 +193,166 @@ def test_every_transform_failure_reason_is_declared():
     declared = set(transformer.FAILURE_REASONS)
     for reason in ("timeout", "connection_error", "truncated_response", "output_count_mismatch"):
         assert reason in declared
+
+
+# ---------------------------------------------------------------- resuming only what the same inputs produced
+
+def test_wrong_answers_are_asked_again_when_the_run_is_resumed(tmp_path):
+    """A container that answers one prediction for a two-record request writes a complete .out: join finds
+    the count wrong; re-running the run id against the fixed container asks again for those files only."""
+    root = tmp_path / "capture"
+    document = json.dumps({"instances": [[1.0, 2.0], [3.0, 4.0]]})
+    answer = json.dumps({"predictions": [{"score": 0.7}, {"score": 0.7}]})
+    write_capture_tree(root, {capture_path("ep", "v", at(10 + hour)): [
+        capture_line(document, answer, event_id=f"h{hour}-{call}", input_type="application/json")
+        for call in range(2)] for hour in range(2)})
+
+    def one_answer_short(body: bytes, kind: str) -> bytes:
+        return json.dumps({"predictions": json.loads(body)["predictions"][:1]}).encode()
+    mapping = {"workspace": str(tmp_path / "ws"), "capture": {"root": str(root)},
+               "replay": {"max_concurrent_transforms": 1}}
+    with ContractServer(rewrite=one_answer_short) as broken:
+        first = pipeline.run_local(config_from_mapping({**mapping, "candidate": {"model": broken.url}}), run_id="r1")
+    assert first.accounting.by_reason == {"replay_output_mismatch": 8}
+    with ContractServer() as fixed:
+        second = pipeline.run_local(config_from_mapping({**mapping, "candidate": {"model": fixed.url}}), run_id="r1")
+        assert fixed.invocations == 4  # every file was wrong, so every call is made again
+    assert (second.accounting.captured, second.accounting.joined) == (8, 8)
+    with ContractServer() as again:
+        pipeline.run_local(config_from_mapping({**mapping, "candidate": {"model": again.url}}), run_id="r1")
+        assert again.invocations == 0  # right answers stay checkpointed
+
+
+def _model_run(tmp_path, capture, model, **config):
+    mapping = {"workspace": str(tmp_path / "ws"), "capture": {"root": str(capture)}, "candidate": {"model": str(model)},
+               "replay": {"max_concurrent_transforms": 1}, **config}
+    return pipeline.run_local(config_from_mapping(mapping), run_id="r1")
+
+
+def test_a_resume_with_another_candidate_model_refuses_and_says_what_changed(tmp_path, capture):
+    from model_helpers import build_model_tar
+
+    first_model = build_model_tar(tmp_path / "a" / "model.tar.gz")
+    _model_run(tmp_path, capture, first_model)
+    other_model = build_model_tar(tmp_path / "b" / "model.tar.gz", extra_files={"README": "retrained"})
+    with pytest.raises(pipeline.RunChanged, match="candidate model sha256:"):
+        _model_run(tmp_path, capture, other_model)
+    _model_run(tmp_path, capture, tmp_path / "a" / "model.tar.gz")  # the same model resumes fine
+
+
+def test_a_resume_with_another_window_or_config_refuses(tmp_path, capture):
+    with ContractServer() as server:
+        pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r1")
+        changed = config_from_mapping({
+            "workspace": str(tmp_path / "ws"), "candidate": {"model": server.url},
+            "capture": {"root": str(capture), "window_start": "2024-01-19T11:00:00Z"},
+            "replay": {"max_concurrent_transforms": 1, "invocation_max_retries": 2, "invocation_timeout_s": 5}})
+        with pytest.raises(pipeline.RunChanged, match="capture.window_start"):
+            pipeline.run_local(changed, run_id="r1")
+        assert pipeline.main(["run", "--config", _yaml(tmp_path, changed), "--run-id", "r1"]) == pipeline.EXIT_USAGE
+
+
+def _yaml(tmp_path: Path, config) -> str:
+    import yaml
+
+    from steps.config import to_mapping
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(to_mapping(config)))
+    return str(path)
+
+
+def test_a_checkpoint_names_the_model_that_answered(tmp_path, capture):
+    with ContractServer() as server:
+        outcome = pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r1")
+    markers = sorted((outcome.run_dir / "replay" / "candidate").rglob("*.input-sha256"))
+    assert len(markers) == FILES
+    assert all(marker.read_text().split()[1:] == ["container"] for marker in markers)
+
+
+# ---------------------------------------------------------------- publish, then decide
+
+def test_a_locked_duckdb_file_fails_the_run_before_the_registry_and_a_resume_finishes_it(tmp_path, capture):
+    import subprocess
+    import sys
+
+    from steps.backends.registry import LocalRegistry
+
+    registry = LocalRegistry(tmp_path / "ws" / "registry.sqlite")
+    package = registry.register("shadow-eval-demo", "s3://b/candidate.tar.gz")
+    with ContractServer() as server:
+        pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r0")  # makes shadow.duckdb
+        database = tmp_path / "ws" / "shadow.duckdb"
+        analyst = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                                    f"c = duckdb.connect({str(database)!r}, read_only=True); print('open', flush=True); "
+                                    "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert analyst.stdout.readline().strip() == "open"
+            with pytest.raises(ValueError, match=r"shadow\.duckdb is locked by another program.*close that connection"):
+                pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r1", candidate_package=package)
+            assert registry.describe(package).status == "PendingManualApproval"
+            assert [h.run_id for h in registry.history(package)] == [None]
+        finally:
+            analyst.communicate("", timeout=30)
+        outcome = pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r1", candidate_package=package)
+    assert outcome.decision == registry.describe(package).status == "Approved"
+
+
+# ---------------------------------------------------------------- the model server never outlives the run
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from steps.model_server import serve_model
+with serve_model(sys.argv[1], Path(sys.argv[2])) as url:
+    print(url, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_kill_9_of_the_run_stops_its_model_server_and_removes_its_folder(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from model_helpers import build_model_tar
+    from steps.model_server import SCRATCH_PREFIX
+
+    model = build_model_tar(tmp_path / "model.tar.gz")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pipeline.__file__).parent), os.environ.get(
+        "PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-c", PARENT, str(model), str(tmp_path / "server.log")], env=env,
+                           stdout=subprocess.PIPE, text=True)
+    url = run.stdout.readline().strip()
+    port = int(url.rsplit(":", 1)[1])
+    folders = [p for p in Path("/tmp").glob(f"{SCRATCH_PREFIX}{run.pid}-*")]
+    assert url.startswith("http://127.0.0.1:") and len(folders) == 1
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            listening = probe.connect_ex(("127.0.0.1", port)) == 0
+        if not listening and not folders[0].exists():
+            break
+        time.sleep(0.2)
+    assert not listening, "the model server outlived the run"
+    assert not folders[0].exists(), "the model folder outlived the run"
+
+
+def test_folders_of_dead_runs_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from steps.model_server import SCRATCH_PREFIX, sweep_stale_folders
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.stdout.strip()}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{__import__('os').getpid()}-def"
+    other = tmp_path / "shadow-eval-model-notapid"
+    for folder in (dead, live, other):
+        (folder / "code").mkdir(parents=True)
+    assert sweep_stale_folders(tmp_path) == [dead]
+    assert live.exists() and other.exists() and not dead.exists()

@@ -30,7 +30,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,7 +87,7 @@ VIEW_FILE = re.compile(r"^[0-9]{2}_(?P<view>shadow_[a-z_]+)\.sql$")
 VIEWS = tuple(VIEW_FILE.match(p.name)["view"] for p in sorted(SQL_DIR.glob("*.sql")) if VIEW_FILE.match(p.name))
 """The analyst views, in creation order (one file each in sql/)."""
 
-Parts = pd.DataFrame | pa.Table | Sequence[str | Path]
+Parts = pd.DataFrame | pa.Table | Iterable[str | Path | pa.Table]
 
 
 class CatalogError(ValueError):
@@ -256,9 +256,9 @@ def iter_tables(data: Parts, schema: pa.Schema, name: str, run_id: str | None) -
         yield _conform(_as_table(data, schema), schema, name, run_id)
         return
     empty = True
-    for path in data:
+    for path in data:  # Parquet files, or tables made one at a time by a generator
         empty = False
-        yield _conform(pq.read_table(Path(path)), schema, name, run_id)
+        yield _conform(path if isinstance(path, pa.Table) else pq.read_table(Path(path)), schema, name, run_id)
     if empty:
         yield _conform(schema.empty_table(), schema, name, run_id)
 
