@@ -110,7 +110,7 @@ def list_capture_files(root: str | Path, endpoint: str | None = None, variant: s
             for hour_dir, hour in _hour_folders(variant_dir, root, low, high, misfits):
                 for entry in _entries(hour_dir, root, misfits):
                     relative = _relative(Path(entry.path), root)
-                    if entry.is_dir():
+                    if _is_dir(entry):
                         misfits.append(Misfit(relative, f"a folder inside an hour folder; expected {_LAYOUT}"))
                     elif (problem := safe_files.problem(entry.path, root)) is not None:
                         misfits.append(Misfit(relative, problem))
@@ -153,7 +153,7 @@ def _children(folder: Path, only: str | None, misfits: list[Misfit], root: Path,
         return [chosen] if chosen.is_dir() and _inside(chosen, root, misfits) else []
     found = []
     for entry in _entries(folder, root, misfits):
-        if entry.is_dir():
+        if _is_dir(entry):
             if not names.is_valid(kind, entry.name):
                 misfits.append(Misfit(_relative(Path(entry.path), root), f"{entry.name!r} is not a SageMaker "
                                       f"{kind} name; expected {_LAYOUT}"))
@@ -172,9 +172,9 @@ def _hour_folders(variant_dir: Path, root: Path, low: dt.datetime | None, high: 
         name, width = _TIME_LEVELS[level]
         for entry in _entries(folder, root, misfits):
             path = Path(entry.path)
-            if entry.is_dir() and not _inside(path, root, misfits):
+            if _is_dir(entry) and not _inside(path, root, misfits):
                 continue
-            if not entry.is_dir():
+            if not _is_dir(entry):
                 misfits.append(Misfit(_relative(path, root), f"a file where a {name} folder belongs; expected {_LAYOUT}"))
                 continue
             span = _span(parts + (int(entry.name),), level) if entry.name.isdigit() and len(entry.name) == width else None
@@ -214,6 +214,14 @@ def _entries(folder: Path, root: Path, misfits: list[Misfit]) -> list[os.DirEntr
     except OSError as exc:
         misfits.append(Misfit(_relative(folder, root), f"cannot be listed ({exc.strerror}); check its permissions"))
         return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """entry.is_dir(), False for a link loop (which raises instead)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _inside(folder: Path, root: Path, misfits: list[Misfit]) -> bool:

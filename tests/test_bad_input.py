@@ -114,6 +114,11 @@ CASES = [
         capture_line('{"instances": [[1, 2], [3, 4]]}', '{"predictions": [0.7, 0.7]}', event_id=f"js{i}",
                      input_type="application/json") for i in range(GOOD_CALLS)]},
          {"replay_output_mismatch": 20}, fault="short-json"),
+    Case("an eventId with a line break costs only its own call", lambda: {HOUR_A: good_lines() + [
+        capture_line("1.0,2.0\n3.0,4.0", "0.7\n0.7", event_id="broken\nid")]}, {"not_capture_record": 1}),
+    Case("a flat JSON list is one record, as the model server reads it", lambda: {HOUR_A: good_lines() + [
+        capture_line(json.dumps(list(range(1, 31))), '{"predictions": [0.7]}', event_id="flat",
+                     input_type="application/json")]}, {}),
     Case("ground truth for unknown ids and duplicated ground truth", lambda: {HOUR_A: good_lines()}, {},
          ground_truth=[_gt("good-0", "1\n0"), _gt("good-0", "1\n1"), _gt("nobody", "1")]),
 ]
@@ -249,6 +254,25 @@ CONFIG_CASES = [
     ("input_text policy unknown", {"tables": {"input_text": "encrypt"}}, "tables.input_text", "is not one of"),
     ("database name with SQL in it", {"tables": {"database": "x; drop table y"}}, "tables.database",
      "not a plain name"),
+    ("database name with a trailing newline", {"tables": {"database": "shadow_eval\n"}}, "tables.database",
+     "not a plain name"),
+    ("gate threshold NaN", {"gate": {"checks": [{"metric": "accuracy", "threshold": float("nan")}]}},
+     "gate.checks[0].threshold", "not a finite number"),
+    ("infinite gate threshold", {"gate": {"checks": [{"metric": "accuracy", "threshold": float("-inf")}]}},
+     "gate.checks[0].threshold", "not a finite number"),
+    ("infinite tolerance", {"compare": {"abs_tolerance": float("inf")}}, "compare.abs_tolerance",
+     "not a finite number"),
+    ("negative tolerance", {"compare": {"rel_tolerance": -0.1}}, "compare.rel_tolerance", "outside"),
+    ("NaN decision threshold", {"compare": {"thresholds": [float("nan")]}}, "compare.thresholds[0]",
+     "not a finite number"),
+    ("min_records of zero", {"gate": {"min_records": 0}}, "gate.min_records", "outside [1,"),
+    ("NaN min_coverage", {"gate": {"min_coverage": float("nan")}}, "gate.min_coverage", "not a finite number"),
+    ("endpoint that climbs out of the capture root", {"capture": {"endpoint": "../elsewhere"}}, "capture.endpoint",
+     "not a plain name"),
+    ("variant with a newline", {"capture": {"variant": "AllTraffic\n"}}, "capture.variant", "not a plain name"),
+    ("registry outside the workspace", {"registry": {"path": "../../registry.sqlite"}}, "registry.path",
+     "inside the workspace"),
+    ("package group with a newline", {"registry": {"group": "fraud\n"}}, "registry.group", "not a plain name"),
 ]
 
 
@@ -264,7 +288,7 @@ def test_bad_config_names_file_and_key(name, data, key, problem, tmp_path, capsy
     assert f"{path}: {key}:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("run_id", ["../escape", "x' OR 1=1 --", "a" * 65, ""])
+@pytest.mark.parametrize("run_id", ["../escape", "x' OR 1=1 --", "a" * 65, "", "r1\n"])
 def test_bad_run_id_is_refused_before_anything_runs(run_id, tmp_path):
     config = load_config(_config_file(tmp_path, tmp_path, "http://127.0.0.1:9", {}, None))
     with pytest.raises(ConfigError):
@@ -275,3 +299,137 @@ def test_bad_run_id_is_refused_before_anything_runs(run_id, tmp_path):
 def test_base64_helper_is_valid():  # guards the corpus: the helper's BASE64 side must decode
     record = capture_record("abc", "0.7", input_type="application/x-image")
     assert base64.b64decode(record["captureData"]["endpointInput"]["data"]) == b"abc"
+
+
+# ---------------------------------------------------------------- files that are not files
+
+def _within(seconds: float, work: Callable[[], object]) -> object:
+    """work() in a thread; fails (instead of hanging the suite) when it takes longer than seconds."""
+    import threading
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            result["error"] = exc
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: something blocked"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _hostile_entries(folder: Path, outside: Path) -> dict[str, str]:
+    """A FIFO, a socket, a link loop and a link out of the tree in folder; the name of each and what it is."""
+    import os
+    import socket
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "pipe.jsonl")
+    (folder / "loop.jsonl").symlink_to(folder / "loop.jsonl")
+    outside.write_text(good_lines("outside", 1)[0] + "\n")
+    (folder / "out.jsonl").symlink_to(outside)
+    entries = {"pipe.jsonl": "FIFO", "loop.jsonl": "symbolic link loop", "out.jsonl": "outside"}
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(folder / "sock.jsonl"))
+        entries["sock.jsonl"] = "socket"
+    except OSError:  # the path is too long for a Unix socket here; the other kinds still run
+        pass
+    finally:
+        sock.close()
+    return entries
+
+
+def test_fifos_sockets_link_loops_and_links_out_of_the_capture_root_are_misfits_never_a_hang(tmp_path):
+    root = tmp_path / "capture"
+    write_capture_tree(root, {HOUR_A: good_lines()})
+    hour_folder = (root / HOUR_A).parent
+    entries = _hostile_entries(hour_folder, tmp_path / "secret.jsonl")
+    with ContractServer() as server:
+        config = load_config(_config_file(tmp_path, root, server.url, {}, None))
+        outcome = _within(60, lambda: pipeline.run_local(config, run_id="files"))
+    assert (outcome.accounting.captured, outcome.accounting.joined) == (2 * GOOD_CALLS, 2 * GOOD_CALLS)
+    from steps.capture_files import list_capture_files
+    misfits = {Path(m.relative).name: m.problem for m in list_capture_files(root).misfits}
+    assert set(misfits) == set(entries)
+    for name, kind in entries.items():
+        assert kind in misfits[name] and ("remove" in misfits[name] or "move" in misfits[name]
+                                          or "copy" in misfits[name])
+
+
+def test_ground_truth_skips_fifos_loops_and_folders_named_like_files(tmp_path, caplog):
+    capture_root = tmp_path / "capture"
+    write_capture_tree(capture_root, {HOUR_A: good_lines()})
+    truth = tmp_path / "truth"
+    write_capture_tree(truth, {"2024/01/19/10/gt.jsonl": [json.dumps(_gt("good-0", "1\n0"))]})
+    hour = truth / "2024/01/19/10"
+    entries = _hostile_entries(hour, tmp_path / "elsewhere.jsonl")
+    (hour / "x.jsonl").mkdir()
+    entries["x.jsonl"] = "folder"
+    with ContractServer() as server, caplog.at_level("WARNING"):
+        config = load_config(_config_file(tmp_path, capture_root, server.url, {}, truth))
+        outcome = _within(60, lambda: pipeline.run_local(config, run_id="truth"))
+    summary = json.loads((outcome.run_dir / "join" / "summary.json").read_text())
+    assert summary["ground_truth"]["labels"] == 2 and summary["ground_truth"]["matched"] == 2
+    for name, kind in entries.items():
+        assert any(name in message and kind in message for message in caplog.messages), name
+
+
+def test_a_fifo_given_as_the_config_is_a_config_error(tmp_path, capsys):
+    import os
+    os.mkfifo(tmp_path / "config.yaml")
+    code = _within(30, lambda: pipeline.main(["run", "--config", str(tmp_path / "config.yaml")]))
+    assert code == pipeline.EXIT_USAGE and "FIFO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["truncated model.tar.gz", "symlink loop as the capture root",
+                                  "symlink loop as the model"])
+def test_broken_paths_name_the_file_and_a_fix_without_a_traceback(what, tmp_path, capsys):
+    from model_helpers import build_model_tar
+    capture_root = tmp_path / "capture"
+    write_capture_tree(capture_root, {HOUR_A: good_lines()})
+    model = build_model_tar(tmp_path / "model.tar.gz")
+    if what == "truncated model.tar.gz":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+        expected = ["model.tar.gz", "truncated"]
+    elif what == "symlink loop as the capture root":
+        capture_root = tmp_path / "loop"
+        capture_root.symlink_to(capture_root)
+        expected = [str(capture_root)]
+    else:
+        model = tmp_path / "model-loop.tar.gz"
+        model.symlink_to(model)
+        expected = ["model-loop.tar.gz", "link loop"]
+    config = _config_file(tmp_path, capture_root, str(model), {}, None)
+    code = pipeline.main(["run", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code in (pipeline.EXIT_FAILED, pipeline.EXIT_USAGE)
+    assert "Traceback" not in err and all(text in err for text in expected), err
+
+
+def test_hash_or_drop_keeps_payloads_out_of_quarantine_details(tmp_path):
+    """The model server's error names the value it could not read: that detail stays out of the table."""
+    import duckdb
+
+    from model_helpers import build_model_tar
+    secret = "4111-1111-1111-1111"
+    capture_root = tmp_path / "capture"
+    write_capture_tree(capture_root, {HOUR_A: good_lines(calls=2) + [
+        capture_line(f"1.0,{secret}", "0.7", event_id="card", output_type="text/csv")]})
+    model = build_model_tar(tmp_path / "model.tar.gz")
+    details = {}
+    for policy in ("keep", "drop", "hash"):
+        workspace = tmp_path / policy
+        config = load_config(_config_file(tmp_path, capture_root, str(model), {"tables": {"input_text": policy}},
+                                          None))
+        config = dataclasses.replace(config, workspace=str(workspace))
+        pipeline.run_local(config, run_id="pii")
+        with duckdb.connect(str(workspace / "shadow.duckdb"), read_only=True) as db:
+            details[policy] = [d for (d,) in db.execute("SELECT detail FROM shadow_quarantine").fetchall()]
+    assert any(secret in detail for detail in details["keep"])  # the test can fail: keep shows it
+    for policy in ("drop", "hash"):
+        assert details[policy] and not any(secret in detail for detail in details[policy])
+        assert all(REASONS["replay_file_failed"].fix in detail for detail in details[policy])
