@@ -101,7 +101,9 @@ def list_capture_files(root: str | Path, endpoint: str | None = None, variant: s
     """Capture files under root whose hour folder can hold records of the window, sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"capture root {root} is not a folder")
+        why = (safe_files.problem(root) or "a file").split(";")[0]
+        raise FileNotFoundError(f"capture root {root} is not a folder: {why}; give capture.root (or --capture) "
+                                "the folder holding <endpoint>/<variant>/yyyy/mm/dd/hh/")
     files: list[CaptureFile] = []
     misfits: list[Misfit] = []
     low, high = window.folders_from(), window.end

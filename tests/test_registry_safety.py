@@ -272,3 +272,35 @@ def test_sagemaker_a_later_run_may_revise_a_run_s_decision(sagemaker):
 def test_transition_note_fits_the_approval_description_limit():
     note = transition_note("run-1", PENDING, "Approved", "x" * 5000)
     assert len(note) == 1024 and parse_transition_note(note) == ("run-1", PENDING, "Approved")
+
+
+def test_a_status_set_with_sqlite3_between_runs_survives_the_next_run(tmp_path, world):
+    root, registry, package = world
+    with ContractServer() as server:
+        assert _run(tmp_path, root, server.url, package, run_id="r1").decision == "Approved"
+        _by_hand(registry, package, "Rejected")  # no history row: the last one still names r1
+        outcome = _run(tmp_path, root, server.url, package, run_id="r2")
+    assert outcome.decision == "Approved" and registry.describe(package).status == "Rejected"
+    evaluation = json.loads((outcome.run_dir / "report" / "evaluation.json").read_text())
+    assert evaluation["registry"]["updated"] is False and evaluation["registry"]["status_now"] == "Rejected"
+
+
+def test_a_failure_before_the_registry_leaves_it_untouched_and_a_resume_decides(tmp_path, world, monkeypatch):
+    from steps import publish
+
+    root, registry, package = world
+    real = pipeline.publish_run
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "ws" / "tables"))
+    monkeypatch.setattr(pipeline, "publish_run", disk_full)
+    with ContractServer() as server:
+        with pytest.raises(OSError):
+            _run(tmp_path, root, server.url, package)
+        assert registry.describe(package).status == PENDING and len(registry.history(package)) == 1
+        evaluation = json.loads((tmp_path / "ws" / "runs" / "r1" / "report" / "evaluation.json").read_text())
+        assert evaluation["registry"]["updated"] is False
+        monkeypatch.setattr(pipeline, "publish_run", real)
+        outcome = _run(tmp_path, root, server.url, package)
+    assert outcome.decision == registry.describe(package).status == "Approved"
+    assert publish.publish_run is real

@@ -180,6 +180,75 @@ def test_run_ids_are_checked_before_the_catalog_writes(run_id, tmp_path):
         LocalCatalog(tmp_path, "shadow_eval").write_partition("shadow_metrics", run_id, [])
 
 
+# Every name that becomes a path or SQL is checked at each command's edge, with a full match.
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--config", "x.yaml", "--run-id", "r1\n"],
+    ["run", "--config", "x.yaml", "--run-id", "../r1"],
+    ["run", "--config", "x.yaml", "--candidate-package", "fraud/1\n"],
+    ["regate", "../../other/runs/r1", "--ground-truth", "gt"],
+    ["regate", "r1\n", "--ground-truth", "gt"],
+    ["query", "SELECT 1", "--database", "shadow_eval\n"],
+], ids=["run-id-newline", "run-id-path", "package-newline", "regate-path", "regate-newline", "query-database"])
+def test_every_command_refuses_a_bad_name_before_touching_anything(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        pipeline.main(argv)
+    assert stopped.value.code == pipeline.EXIT_USAGE
+    assert "is not a" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("run_id", ["../r1", "r1\n", "r1/../../x"])
+def test_processing_entry_points_refuse_a_bad_run_id(run_id, tmp_path):
+    from steps import entrypoints
+
+    with pytest.raises(SystemExit) as stopped:
+        entrypoints.main(["gate", "--root", str(tmp_path), "--run-id", run_id, "--verdict", "Approved",
+                          "--report-s3-uri", "s3://b/r"])
+    assert stopped.value.code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_regate_cannot_reach_another_workspace(tmp_path):
+    from steps import regate
+    from steps.backends.registry import LocalRegistry
+    from steps.config import ConfigError
+
+    other = _run(tmp_path / "other", "keep")  # a finished run in another workspace
+    registry = LocalRegistry(tmp_path / "other" / "ws" / "registry.sqlite")
+    before = {p: p.read_bytes() for p in other.run_dir.rglob("*") if p.is_file()}
+    (tmp_path / "mine" / "runs").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="run id"):
+        regate.run(tmp_path / "mine", "../../other/ws/runs/sec", tmp_path / "truth")
+    assert {p: p.read_bytes() for p in other.run_dir.rglob("*") if p.is_file()} == before
+    assert registry.list_groups() == []
+
+
+def test_a_capture_endpoint_cannot_climb_out_of_the_capture_root(tmp_path):
+    from steps.capture_files import list_capture_files
+    from steps.config import ConfigError
+    from steps.names import InvalidName
+
+    with pytest.raises(ConfigError, match="capture.endpoint"):
+        config_from_mapping({"capture": {"root": str(tmp_path), "endpoint": "../elsewhere"}})
+    with pytest.raises(InvalidName):  # a caller that skips the config is stopped too
+        list_capture_files(tmp_path, endpoint="..")
+
+
+def test_a_link_out_of_the_capture_root_is_not_followed(tmp_path):
+    from steps.capture_files import list_capture_files
+
+    outside = tmp_path / "outside" / "v" / "2024" / "01" / "19" / "10"
+    outside.mkdir(parents=True)
+    (outside / "f.jsonl").write_text(capture_line("1.0,2.0", "0.7") + "\n")
+    root = tmp_path / "capture"
+    root.mkdir()
+    (root / "ep").symlink_to(tmp_path / "outside")
+    listing = list_capture_files(root)
+    assert listing.files == () and [m.relative for m in listing.misfits] == ["ep"]
+    assert "outside the capture root" in listing.misfits[0].problem
+
+
 def test_paths_with_quotes_reach_duckdb_as_data(tmp_path):
     # The join quotes every path it hands DuckDB; a workspace called o'brien must just work.
     root = tmp_path / "o'brien"
