@@ -312,10 +312,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--window-end", help="ISO-8601 UTC, exclusive")
     run.add_argument("--candidate", help="candidate MODEL: model.tar.gz, folder or container URL")
     run.add_argument("--production", help="production MODEL, replayed for the noise floor")
-    run.add_argument("--candidate-package", type=names.argument("package id"),
-                     help="registry package id to approve or reject")
+    run.add_argument("--candidate-package", help="registry package id to approve or reject")
     run.add_argument("--ground-truth", help="Model Monitor ground-truth folder")
-    run.add_argument("--run-id", type=names.argument("run id"), help="re-use a run id to finish an interrupted run")
+    run.add_argument("--run-id", help="re-use a run id to finish an interrupted run")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(command=_cmd_run)
 

@@ -192,9 +192,13 @@ def test_run_ids_are_checked_before_the_catalog_writes(run_id, tmp_path):
 ], ids=["run-id-newline", "run-id-path", "package-newline", "regate-path", "regate-newline", "query-database"])
 def test_every_command_refuses_a_bad_name_before_touching_anything(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stopped:
-        pipeline.main(argv)
-    assert stopped.value.code == pipeline.EXIT_USAGE
+    (tmp_path / "x.yaml").write_text("candidate: {model: http://127.0.0.1:9}\n")
+    try:
+        code = pipeline.main(argv)
+    except SystemExit as stopped:  # argparse's own refusal
+        code = stopped.code
+    (tmp_path / "x.yaml").unlink()
+    assert code == pipeline.EXIT_USAGE
     assert "is not a" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
