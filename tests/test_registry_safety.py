@@ -286,8 +286,6 @@ def test_a_status_set_with_sqlite3_between_runs_survives_the_next_run(tmp_path, 
 
 
 def test_a_failure_before_the_registry_leaves_it_untouched_and_a_resume_decides(tmp_path, world, monkeypatch):
-    from steps import publish
-
     root, registry, package = world
     real = pipeline.publish_run
 
@@ -303,4 +301,3 @@ def test_a_failure_before_the_registry_leaves_it_untouched_and_a_resume_decides(
         monkeypatch.setattr(pipeline, "publish_run", real)
         outcome = _run(tmp_path, root, server.url, package)
     assert outcome.decision == registry.describe(package).status == "Approved"
-    assert publish.publish_run is real
