@@ -61,7 +61,7 @@ class PrepareResult:
     groups: dict[str, dict[str, Any]]
     """The replay plan's groups."""
     misfits: tuple[str, ...] = ()
-    """Paths under the capture root that do not fit the layout (not read)."""
+    """Paths under the capture root that were not read, each as `<path>: <why, and what to do>`."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"misfits": list(self.misfits)}
@@ -93,7 +93,7 @@ def run(config: Config, run_dir: str | Path) -> PrepareResult:
     result = PrepareResult(
         files=len(listing.files), calls=tally.calls, records=tally.prepared + sum(tally.reasons.values()),
         prepared=tally.prepared, quarantined=sum(tally.reasons.values()), quarantine_reasons=dict(tally.reasons),
-        out_of_window=tally.out_of_window, groups=groups, misfits=tuple(m.relative for m in listing.misfits))
+        out_of_window=tally.out_of_window, groups=groups, misfits=tuple(f"{m.relative}: {m.problem}" for m in listing.misfits))
     log.info("prepare: %d files, %d calls, %d records = %d prepared + %d quarantined, %d calls out of window",
              result.files, result.calls, result.records, result.prepared, result.quarantined, result.out_of_window)
     if not result.records:
