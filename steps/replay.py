@@ -86,9 +86,8 @@ def forget_wrong_answers(run_dir: str | Path) -> list[str]:
             for row in pq.read_table(part, columns=columns).to_pylist():
                 if row["replay_file"] and (row["record_id"], row["capture_file"], row["capture_line"]) in places:
                     files.add(row["replay_file"])
-    for replay_file in sorted(files):
-        for side in ("candidate", "production"):
-            checkpoint_path(run_dir / "replay" / side / f"{replay_file}.out").unlink(missing_ok=True)
+    for replay_file in sorted(files):  # join judges the candidate's answers only
+        checkpoint_path(run_dir / "replay" / "candidate" / f"{replay_file}.out").unlink(missing_ok=True)
     if files:
         log.info("%d replay files had wrong answers; a resumed run transforms them again", len(files))
     return sorted(files)
