@@ -315,6 +315,7 @@ def test_kill_9_of_the_run_stops_its_model_server_and_removes_its_folder(tmp_pat
     import socket
     import subprocess
     import sys
+    import tempfile
     import time
 
     from model_helpers import build_model_tar
@@ -327,7 +328,7 @@ def test_kill_9_of_the_run_stops_its_model_server_and_removes_its_folder(tmp_pat
                            stdout=subprocess.PIPE, text=True)
     url = run.stdout.readline().strip()
     port = int(url.rsplit(":", 1)[1])
-    folders = [p for p in Path("/tmp").glob(f"{SCRATCH_PREFIX}{run.pid}-*")]
+    folders = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{run.pid}-*"))
     assert url.startswith("http://127.0.0.1:") and len(folders) == 1
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
