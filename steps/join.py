@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 from analysis.canonical import values_match
 from analysis.ground_truth import GroundTruthError, ground_truth_records
-from analysis.outputs import OutputParseError, ParsedOutput, outputs_match, parse_body, parse_output, parse_value, \
-    split_document
+from analysis.outputs import OutputParseError, ParsedOutput, non_finite, outputs_match, parse_body, parse_output, \
+    parse_value, split_document
 from analysis.quarantine import REASONS
 from analysis.records import document_records
 from analysis.results import Accounting
@@ -309,6 +309,7 @@ def _join_part(rows: list[dict[str, Any]], labels: list[str | None], duplicates:
             quarantined.append(_quarantine_row(row, "duplicate_event_id", f"already captured at {first}", run_id))
             continue
         captured = _production_answer(row, config)
+        answer = _finite(answer, "candidate_invalid_score", "candidate")
         for problem in (captured, answer):
             if isinstance(problem, _Problem):
                 quarantined.append(_quarantine_row(row, problem.reason, problem.detail, run_id))
@@ -322,14 +323,26 @@ def _production_answer(row: dict[str, Any], config: Config) -> Answer:
     if row.get("output_text") is None:
         return _Problem("unparsable_production_output", "the capture holds no answer for this record")
     try:
-        return parse_output(row["output_text"], config.production.output, row.get("output_content_type"),
-                            config.compare.decimals)
+        parsed = parse_output(row["output_text"], config.production.output, row.get("output_content_type"),
+                              config.compare.decimals)
     except OutputParseError as exc:
         return _Problem("unparsable_production_output", exc.detail)
+    return _finite(parsed, "production_invalid_score", "production's captured answer")
+
+
+def _finite(answer: Answer, code: str, whose: str) -> Answer:
+    """The answer, or a problem when its score or label is NaN or infinite (never a silently missing score)."""
+    if isinstance(answer, _Problem):
+        return answer
+    why = non_finite(answer)
+    return answer if why is None else _Problem(code, f"{whose}: {why} (raw {answer.raw[:80]!r})")
 
 
 def _record_row(row: dict[str, Any], production: ParsedOutput, candidate: ParsedOutput, replayed: Answer | None,
                 label: str | None, config: Config, run_id: str) -> dict[str, Any]:
+    if replayed is not None:
+        # The noise floor is the tool's own reference: a record without a usable one is still judged.
+        replayed = _finite(replayed, "production_invalid_score", "replayed production")
     if isinstance(replayed, _Problem):
         log.debug("no noise-floor answer for %s: %s", row["record_id"], replayed.detail)
         replayed = None

@@ -114,6 +114,11 @@ CASES = [
         capture_line('{"instances": [[1, 2], [3, 4]]}', '{"predictions": [0.7, 0.7]}', event_id=f"js{i}",
                      input_type="application/json") for i in range(GOOD_CALLS)]},
          {"replay_output_mismatch": 20}, fault="short-json"),
+    Case("candidate answers NaN for every record", lambda: {HOUR_A: good_lines()},
+         {"candidate_invalid_score": 20}, fault="nan"),
+    Case("production's captured answer is NaN or infinite", lambda: {HOUR_A: good_lines() + [
+        capture_line("1.0,2.0\n3.0,4.0", "nan\ninf", event_id="nan-prod", output_type="text/csv")]},
+         {"production_invalid_score": 2}),
     Case("ground truth for unknown ids and duplicated ground truth", lambda: {HOUR_A: good_lines()}, {},
          ground_truth=[_gt("good-0", "1\n0"), _gt("good-0", "1\n1"), _gt("nobody", "1")]),
 ]
@@ -130,8 +135,14 @@ def _one_short(answer: bytes, mime: str) -> bytes:
     return json.dumps({"predictions": json.loads(answer)["predictions"][:-1]}).encode()
 
 
+def _nan(answer: bytes, mime: str) -> bytes:
+    return answer.replace(b"0.7", b"NaN")
+
+
 def _candidate(kind: str | None) -> ContractServer:
-    """The contract server, failing as the case says or answering wrongly (blank, one answer short)."""
+    """The contract server, failing as the case says or answering wrongly (blank, one answer short, NaN)."""
+    if kind == "nan":
+        return ContractServer(rewrite=_nan)
     if kind == "not-text":
         return ContractServer(rewrite=_not_text)
     if kind == "short-json":
