@@ -240,6 +240,22 @@ def test_binary_capture_line_names_the_fix(tmp_path):
     assert "decompress it or move it out of the capture root" in row["detail"]
 
 
+def test_ground_truth_in_another_label_vocabulary_is_a_one_line_error(tmp_path, capsys):
+    capture_root, truth_root = tmp_path / "capture", tmp_path / "truth"
+    write_capture_tree(capture_root, {HOUR_A: good_lines()})
+    write_capture_tree(truth_root, {"2024/01/19/10/gt.jsonl": [
+        json.dumps(_gt(f"good-{i}", "malignant\nbenign")) for i in range(GOOD_CALLS)]})
+    with _candidate(None) as server:
+        config = _config_file(tmp_path, capture_root, server.url, {}, truth_root)
+        code = pipeline.main(["run", "--config", str(config), "--run-id", "vocabulary"])
+    (message,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert code == 1
+    assert message.startswith("shadow-eval: ground-truth labels {benign, malignant} share no value")
+    assert "production {1}" in message and "candidate {1}" in message and "ground_truth.label_path" in message
+    run_dir = tmp_path / "ws" / "runs" / "vocabulary"
+    assert not (run_dir / "report" / "evaluation.json").exists()  # no verdict was written anywhere
+
+
 def test_every_quarantine_reason_has_a_case():
     covered = {code for case in CASES for code in case.reasons}
     assert covered == set(REASONS), f"reasons without a corpus case: {sorted(set(REASONS) - covered)}"
