@@ -174,7 +174,12 @@ class _Side:
 
     def answers(self, rows: list[dict[str, Any]]) -> list[Answer]:
         """Each row's answer from this side's replay, or why there is none."""
-        self._outs = {}  # one part at a time: memory stays bounded by one capture file
+        self._outs, self._documents = {}, {}  # one part at a time: memory stays bounded by one capture file
+        # A replay file holds one capture file's records, so its last line is among this part's rows.
+        self._records = collections.Counter()
+        for row in rows:
+            if row.get("replay_file") and row.get("replay_line"):
+                self._records[row["replay_file"]] = max(self._records[row["replay_file"]], row["replay_line"])
         return [self._answer(row) for row in rows]
 
     def _answer(self, row: dict[str, Any]) -> Answer:
@@ -193,15 +198,40 @@ class _Side:
             lines = self._lines(out_path)
             if isinstance(lines, _Problem):
                 return lines
-            line_number = row["replay_line"]
-            if not line_number or line_number > len(lines):
-                return _Problem("replay_output_mismatch",
-                                f"{out_path.name} has {len(lines)} lines, the record is on replay line {line_number}")
-            if group == "csv":
-                return self._csv(lines, row, out_path.name)
-            return self._json(lines[line_number - 1], row, group, out_path.name)
+            answer = self._joined(lines, row, group, out_path.name)
+            if isinstance(answer, _Problem) and group in ("csv", "jsonlines"):
+                records = self._batch_documents(out_path, self._records[replay_file])
+                if records is not None:
+                    return parse_value(records[row["replay_line"] - 1], self.parsing, self.decimals)
+            return answer
         except OutputParseError as exc:
             return _Problem("unparsable_candidate_output", f"{self.side} answer: {exc.detail}")
+
+    def _joined(self, lines: list[str], row: dict[str, Any], group: str, name: str) -> Answer:
+        """The row's answer from its own line of a joined .out (JoinSource=Input, one line per record)."""
+        line_number = row["replay_line"]
+        if not line_number or line_number > len(lines):
+            return _Problem("replay_output_mismatch",
+                            f"{name} has {len(lines)} lines, the record is on replay line {line_number}")
+        if group == "csv":
+            return self._csv(lines, row, name)
+        return self._json(lines[line_number - 1], row, group, name)
+
+    def _batch_documents(self, path: Path, records: int) -> list[object] | None:
+        """The .out read as one JSON document per mini-batch, as Batch Transform writes a batch answered whole
+        (AssembleWith=Line, no join): their records at records_path, in order, when they are one per record."""
+        key = str(path)
+        if key not in self._documents:
+            try:
+                values = _json_values(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                values = None
+            if values is not None and any(isinstance(v, dict) and "SageMakerOutput" in v for v in values):
+                values = None  # a joined .out: its own lines are the answers, and their problem is real
+            self._documents[key] = None if values is None else \
+                [record for value in values for record in split_document(value, self.parsing)]
+        found = self._documents[key]
+        return found if found is not None and records and len(found) == records else None
 
     def _locate(self, replay_file: str) -> tuple[str, Path]:
         first = replay_file.split("/", 1)[0]
@@ -232,9 +262,13 @@ class _Side:
 
     def _csv(self, lines: list[str], row: dict[str, Any], name: str) -> Answer:
         # Column 0 carries record_id through InputFilter $[1:] and JoinSource=Input; the input fields follow.
-        fields = _csv_row(lines[row["replay_line"] - 1])
+        line = lines[row["replay_line"] - 1]
+        fields = _csv_row(line)
         inputs = _csv_row(row["input_text"])
         if fields is None or inputs is None or not fields or fields[0] != row["record_id"]:
+            verbatim = _after_prefix(line, f"{_csv_text([row['record_id']])},{row['input_text']},")
+            if verbatim is not None:  # a JSON answer appended as is: not one RFC 4180 row, but still its own
+                return self._csv_answer(verbatim, verbatim)
             return _Problem("replay_output_mismatch",
                             f"{name} line {row['replay_line']} does not start with record id {row['record_id']}")
         if fields[1:1 + len(inputs)] != inputs:
@@ -243,7 +277,23 @@ class _Side:
         answer = fields[1 + len(inputs):]
         if not answer:
             return _Problem("replay_output_mismatch", f"{name} line {row['replay_line']} has no output after the input")
-        return parse_output(_csv_text(answer), self.parsing, self._accept("csv"), self.decimals, fmt="csv")
+        return self._csv_answer(answer[0] if len(answer) == 1 else None, _csv_text(answer))
+
+    def _csv_answer(self, field: str | None, text: str) -> ParsedOutput:
+        """One record's answer in a CSV job: its CSV text, or one field holding a JSON object or array (a model
+        answering JSON, the record taken out of a one-record document)."""
+        value = _json_object(field) if field is not None else None
+        if value is not None:
+            return parse_value(self._one_record(value), self.parsing, self.decimals)
+        return parse_output(text, self.parsing, self._accept("csv"), self.decimals, fmt="csv")
+
+    def _one_record(self, value: object) -> object:
+        """A record's answer that is a document listing exactly one record (a batch of one answered whole)."""
+        if isinstance(value, dict):
+            records = split_document(value, self.parsing)
+            if len(records) == 1 and records[0] is not value:
+                return records[0]
+        return value
 
     def _json(self, line: str, row: dict[str, Any], group: str, name: str) -> Answer:
         where = f"{name} line {row['replay_line']}"
@@ -260,7 +310,7 @@ class _Side:
         if group == "jsonlines":
             if not _same_json(echo, replayed):
                 return _Problem("replay_output_mismatch", f"{where} echoes a different input than the replayed line")
-            return parse_value(output, self.parsing, self.decimals)
+            return parse_value(self._one_record(output), self.parsing, self.decimals)
         requests = document_records(echo, self.instances_path)
         index = row["replay_index"] or 0
         if index >= len(requests) or not _same_json(requests[index], replayed):
@@ -488,6 +538,35 @@ def _csv_text(fields: list[str]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(fields)
     return buffer.getvalue()
+
+
+def _json_values(text: str) -> list[object] | None:
+    """Every JSON value in a text of whitespace-separated JSON values (documents, JSON Lines), else None."""
+    decoder, values, position = json.JSONDecoder(), [], 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+        if position == len(text):
+            return values
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+
+
+def _json_object(text: str) -> object | None:
+    """A JSON object or array held in one CSV field, else None."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _after_prefix(line: str, prefix: str) -> str | None:
+    return line[len(prefix):] if line.startswith(prefix) and len(line) > len(prefix) else None
 
 
 def _same_json(a: object, b: object) -> bool:

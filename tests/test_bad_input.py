@@ -23,6 +23,7 @@ from analysis.quarantine import REASONS
 from capture_helpers import at, capture_line, capture_path, capture_record, write_capture_tree
 from contract_server import ContractServer
 from steps.config import ConfigError, load_config
+from steps.join import load_joined
 
 HOUR_A, HOUR_B = capture_path("ep", "v", at(10, 0)), capture_path("ep", "v", at(11, 0))
 GOOD_CALLS = 10  # of two records each: one bad record puts coverage at 20/21 < 0.99
@@ -114,6 +115,9 @@ CASES = [
         capture_line('{"instances": [[1, 2], [3, 4]]}', '{"predictions": [0.7, 0.7]}', event_id=f"js{i}",
                      input_type="application/json") for i in range(GOOD_CALLS)]},
          {"replay_output_mismatch": 20}, fault="short-json"),
+    Case("candidate answers a CSV batch with one JSON document", lambda: {HOUR_A: good_lines()}, {},
+         fault="json-document"),
+    Case("candidate answers a CSV batch with JSON Lines", lambda: {HOUR_A: good_lines()}, {}, fault="json-lines"),
     Case("candidate answers NaN for every record", lambda: {HOUR_A: good_lines()},
          {"candidate_invalid_score": 20}, fault="nan"),
     Case("production's captured answer is NaN or infinite", lambda: {HOUR_A: good_lines() + [
@@ -139,10 +143,25 @@ def _nan(answer: bytes, mime: str) -> bytes:
     return answer.replace(b"0.7", b"NaN")
 
 
+def _as_json_document(answer: bytes, mime: str) -> bytes:
+    """The same scores, a CSV batch answered with one `{"predictions": [...]}` document."""
+    if mime != "text/csv":
+        return answer
+    return json.dumps({"predictions": [{"score": float(x)} for x in answer.decode().split()]}, indent=1).encode()
+
+
+def _as_json_lines(answer: bytes, mime: str) -> bytes:
+    if mime != "text/csv":
+        return answer
+    return "".join(json.dumps({"score": float(x), "predicted_label": 1}) + "\n" for x in answer.decode().split()).encode()
+
+
 def _candidate(kind: str | None) -> ContractServer:
-    """The contract server, failing as the case says or answering wrongly (blank, one answer short, NaN)."""
-    if kind == "nan":
-        return ContractServer(rewrite=_nan)
+    """The contract server, failing as the case says or answering wrongly (blank, one answer short, NaN) or
+    answering right in another shape."""
+    shapes = {"nan": _nan, "json-document": _as_json_document, "json-lines": _as_json_lines}
+    if kind in shapes:
+        return ContractServer(rewrite=shapes[kind])
     if kind == "not-text":
         return ContractServer(rewrite=_not_text)
     if kind == "short-json":
@@ -302,3 +321,13 @@ def test_bad_run_id_is_refused_before_anything_runs(run_id, tmp_path):
 def test_base64_helper_is_valid():  # guards the corpus: the helper's BASE64 side must decode
     record = capture_record("abc", "0.7", input_type="application/x-image")
     assert base64.b64decode(record["captureData"]["endpointInput"]["data"]) == b"abc"
+
+
+@pytest.mark.parametrize("shape", ["json-document", "json-lines"])
+def test_the_same_model_answering_in_another_shape_is_joined_record_by_record(shape, tmp_path):
+    outcome, evaluation = run_case(next(c for c in CASES if c.fault == shape), tmp_path)
+    assert outcome.accounting.coverage == 1.0 and outcome.decision == "Approved", evaluation["reasons"]
+    joined = load_joined(outcome.run_dir)
+    assert len(joined) == 2 * GOOD_CALLS
+    assert (joined["candidate_score"] == 0.7).all() and joined["tolerant_match"].all()
+    assert (joined["candidate_label"] == joined["production_label"]).all()
