@@ -263,12 +263,14 @@ class _Side:
     def _csv(self, lines: list[str], row: dict[str, Any], name: str) -> Answer:
         # Column 0 carries record_id through InputFilter $[1:] and JoinSource=Input; the input fields follow.
         line = lines[row["replay_line"] - 1]
+        # A JSON answer (object or array) appended to the echoed row as is: not CSV fields, but its own answer.
+        verbatim = _after_prefix(line, f"{_csv_text([row['record_id']])},{row['input_text']},")
+        value = _json_object(verbatim) if verbatim is not None else None
+        if value is not None:
+            return parse_value(self._one_record(value), self.parsing, self.decimals)
         fields = _csv_row(line)
         inputs = _csv_row(row["input_text"])
         if fields is None or inputs is None or not fields or fields[0] != row["record_id"]:
-            verbatim = _after_prefix(line, f"{_csv_text([row['record_id']])},{row['input_text']},")
-            if verbatim is not None:  # a JSON answer appended as is: not one RFC 4180 row, but still its own
-                return self._csv_answer(verbatim, verbatim)
             return _Problem("replay_output_mismatch",
                             f"{name} line {row['replay_line']} does not start with record id {row['record_id']}")
         if fields[1:1 + len(inputs)] != inputs:
@@ -277,15 +279,11 @@ class _Side:
         answer = fields[1 + len(inputs):]
         if not answer:
             return _Problem("replay_output_mismatch", f"{name} line {row['replay_line']} has no output after the input")
-        return self._csv_answer(answer[0] if len(answer) == 1 else None, _csv_text(answer))
-
-    def _csv_answer(self, field: str | None, text: str) -> ParsedOutput:
-        """One record's answer in a CSV job: its CSV text, or one field holding a JSON object or array (a model
-        answering JSON, the record taken out of a one-record document)."""
-        value = _json_object(field) if field is not None else None
+        # One field holding a JSON object or array: a model answering JSON, joined as one CSV field.
+        value = _json_object(answer[0]) if len(answer) == 1 else None
         if value is not None:
             return parse_value(self._one_record(value), self.parsing, self.decimals)
-        return parse_output(text, self.parsing, self._accept("csv"), self.decimals, fmt="csv")
+        return parse_output(_csv_text(answer), self.parsing, self._accept("csv"), self.decimals, fmt="csv")
 
     def _one_record(self, value: object) -> object:
         """A record's answer that is a document listing exactly one record (a batch of one answered whole)."""
