@@ -162,10 +162,12 @@ class LabelVocabularies:
             return None
         if self.truth & (self.production | self.candidate):
             return None
+        numeric = all(number_from_text(label) is not None for label in self.truth)
         return (f"ground-truth labels {_listing(self.truth)} share no value with the models' labels "
                 f"(production {_listing(self.production)}, candidate {_listing(self.candidate)}): set "
                 f"ground_truth.label_path (or records_path) to the field holding the label, or send ground truth "
-                f"in the models' label values (numbers compare by value: 1, 1.0, \"1\" and true are the same)")
+                f"in the models' label values (numbers compare by value: 1, 1.0, \"1\" and true are the same)"
+                + ("; if they are regression targets, set compare.task: regression" if numeric else ""))
 
 
 def _class_like(labels: set[str]) -> bool:
