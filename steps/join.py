@@ -357,7 +357,7 @@ def _join_part(rows: list[dict[str, Any]], labels: list[str | None], duplicates:
             quarantined.append(_quarantine_row(row, "duplicate_event_id", f"already captured at {first}", run_id))
             continue
         captured = _production_answer(row, config)
-        answer = _finite(answer, "candidate_invalid_score", "candidate")
+        answer = _readable(_finite(answer, "candidate_invalid_score", "candidate"), captured)
         for problem in (captured, answer):
             if isinstance(problem, _Problem):
                 quarantined.append(_quarantine_row(row, problem.reason, problem.detail, run_id))
@@ -384,6 +384,17 @@ def _finite(answer: Answer, code: str, whose: str) -> Answer:
         return answer
     why = non_finite(answer)
     return answer if why is None else _Problem(code, f"{whose}: {why} (raw {answer.raw[:80]!r})")
+
+
+def _readable(answer: Answer, production: Answer) -> Answer:
+    """The candidate's answer, or a problem when it has neither score nor label where production's has one:
+    an answer the comparison cannot read (`not-a-number`) must not pass as a record with nothing to compare."""
+    if isinstance(answer, _Problem) or isinstance(production, _Problem):
+        return answer
+    if answer.score is None and answer.label is None and (production.score is not None or production.label):
+        return _Problem("candidate_invalid_score", f"candidate: no score or label in {answer.raw[:80]!r} where "
+                                                   f"production's answer has one")
+    return answer
 
 
 def _record_row(row: dict[str, Any], production: ParsedOutput, candidate: ParsedOutput, replayed: Answer | None,

@@ -120,6 +120,8 @@ CASES = [
     Case("candidate answers a CSV batch with JSON Lines", lambda: {HOUR_A: good_lines()}, {}, fault="json-lines"),
     Case("candidate answers NaN for every record", lambda: {HOUR_A: good_lines()},
          {"candidate_invalid_score": 20}, fault="nan"),
+    Case("candidate answers text that is not a score", lambda: {HOUR_A: good_lines()},
+         {"candidate_invalid_score": 20}, fault="garbage"),
     Case("production's captured answer is NaN or infinite", lambda: {HOUR_A: good_lines() + [
         capture_line("1.0,2.0\n3.0,4.0", "nan\ninf", event_id="nan-prod", output_type="text/csv")]},
          {"production_invalid_score": 2}),
