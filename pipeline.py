@@ -247,7 +247,8 @@ def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: st
         log.info("replay %s/%s through %s", side, group, model)
         result = replay.run(knobs, run_dir / "prepare" / "replay-input" / group,
                             run_dir / "replay" / side / group, model, config.replay,
-                            run_dir / "logs" / f"model-server-{side}-{group}.log", side, producer=producer or "")
+                            run_dir / "logs" / f"model-server-{side}-{group}.log", side, producer=producer or "",
+                            records_path=getattr(config, side).output.records_path)
         results[group] = result.to_json()
     (run_dir / "replay").mkdir(parents=True, exist_ok=True)  # an empty window replays nothing
     (run_dir / "replay" / f"{side}.json").write_text(json.dumps(results, indent=2, sort_keys=True))

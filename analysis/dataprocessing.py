@@ -9,6 +9,13 @@ halves; the transformer makes the HTTP calls in between.
 Behaviour that rests on observation rather than AWS text (reference/sagemaker-formats.md, 2025):
 re-serialised JSON is compact with keys sorted at every level and numeric literals kept as
 written; a multi-record response is split by lines, and a count mismatch fails the file.
+
+What SageMaker does with a multi-record answer that is not one line per record is undocumented
+(reference §2.4). A model may answer a batch with one JSON document listing one record per input
+(`{"predictions": [...]}`, at the side's records_path): when a join or OutputFilter needs
+per-record outputs, such a document is split into its records here, as if the model had answered
+them line by line (AssembleWith=Line). A CSV join appends a JSON record as one field (an object)
+or as its elements (an array), so the joined row stays one RFC 4180 row.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from analysis.jsonpath import JsonPath, JsonPathError, compile_path
-from analysis.records import detect_format, media_type
+from analysis.records import detect_format, document_records, media_type
 
 SplitType = Literal["None", "Line"]
 BatchStrategy = Literal["SingleRecord", "MultiRecord"]
@@ -93,6 +100,8 @@ class TransformSettings:
     max_payload_mb: int = 6
     assemble_with: AssembleWith = "None"
     data_processing: DataProcessing = DataProcessing()
+    records_path: str | None = None
+    """Not a CreateTransformJob field: where a one-document answer to a batch lists its records (JMESPath)."""
 
     def __post_init__(self) -> None:
         if self.split_type not in ("None", "Line"):
@@ -165,7 +174,7 @@ def assemble_output(plan: FilePlan, responses: Sequence[bytes], settings: Transf
         return assemble(list(responses), settings.assemble_with)
     outputs = []
     for batch, body in zip(plan.batches, responses, strict=True):
-        per_record = split_response(body, batch.count, settings.output_format, batch.first)
+        per_record = split_response(body, batch.count, settings.output_format, batch.first, settings.records_path)
         for offset, output in enumerate(per_record):
             index = batch.first + offset
             outputs.append(finish_record(plan.records[index], output, settings, index))
@@ -218,12 +227,22 @@ def filter_input(record: bytes, path: JsonPath, fmt: RecordFormat | None, index:
     return _serialise(selected, fmt)
 
 
-def split_response(body: bytes, count: int, fmt: RecordFormat | None, first: int = 0) -> list[bytes]:
-    """One output per record of a batch: the lines of the response (one JSON record may span lines)."""
+def split_response(body: bytes, count: int, fmt: RecordFormat | None, first: int = 0,
+                   records_path: str | None = None) -> list[bytes]:
+    """One output per record of a batch: the lines of the response (one JSON record may span lines), or
+    the records of one JSON document answering the whole batch (at records_path, or a bare list)."""
     text = body[:-1] if body.endswith(b"\n") else body
     text = text[:-1] if text.endswith(b"\r") else text
-    if count == 1 and fmt == "json":
+    document = _one_json_value(text)
+    if count == 1 and (fmt == "json" or document is not _NOT_JSON):
         return [text]
+    if count > 1 and document is not _NOT_JSON:
+        records = document_records(document, records_path)
+        if len(records) == count:
+            return [dump_json(record).encode("utf-8") for record in records]
+        raise DataProcessingError("output_count_mismatch", f"the response for records {first + 1}-{first + count} "
+                                  f"is one JSON document with {len(records)} records (records_path "
+                                  f"{records_path!r}) for {count} records")
     lines = split_records(body, "Line") if body else []
     if len(lines) != count:
         raise DataProcessingError("output_count_mismatch", f"the response for records {first + 1}-{first + count} "
@@ -231,11 +250,22 @@ def split_response(body: bytes, count: int, fmt: RecordFormat | None, first: int
     return lines
 
 
+_NOT_JSON = object()
+
+
+def _one_json_value(text: bytes) -> Any:
+    """The body parsed as one JSON value (numbers keep their literals), else _NOT_JSON."""
+    try:
+        return parse_json(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _NOT_JSON
+
+
 def finish_record(input_record: bytes, output_record: bytes, settings: TransformSettings, index: int = 0) -> bytes:
     """One record's `.out` entry: joined with its original input if asked, then the OutputFilter."""
     processing, fmt = settings.data_processing, settings.output_format
     what = f"output of record {index + 1}"
-    output = _parse_record(output_record, fmt, "output_unparsable", what)
+    output = _parse_output_record(output_record, fmt, what)
     if processing.join_source == "Input":
         original = _parse_record(input_record, fmt, "output_unparsable", f"input record {index + 1}")
         output = join_input(original, output, fmt)
@@ -323,6 +353,15 @@ def _parse_record(record: bytes, fmt: RecordFormat | None, reason: str, what: st
         return parse_json(text)
     except json.JSONDecodeError as exc:
         raise DataProcessingError(reason, f"{what} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+def _parse_output_record(record: bytes, fmt: RecordFormat | None, what: str) -> Any:
+    """A model's output for one record; in a CSV job a JSON object or array answer is kept as JSON."""
+    if fmt == "csv" and record.lstrip()[:1] in (b"{", b"["):
+        value = _one_json_value(record)
+        if value is not _NOT_JSON:
+            return value
+    return _parse_record(record, fmt, "output_unparsable", what)
 
 
 def _serialise(value: Any, fmt: RecordFormat | None) -> bytes:

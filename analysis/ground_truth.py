@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal, Protocol
 
 import jmespath
 
-from analysis.canonical import label_text
+from analysis.canonical import label_text, number_from_text
 from analysis.records import SplitError, document_records, split_body
+
+# Distinct labels kept per source; past this the vocabularies are too wide to call disjoint.
+VOCABULARY_LIMIT = 1000
+# Integer ground truth with at most this many distinct values is class labels (as analysis.compare decides).
+MAX_CLASSES = 20
+_SHOWN = 6
 
 Problem = Literal["malformed_json", "not_ground_truth_record", "unknown_event_version", "unknown_encoding",
                   "unsplittable_labels", "missing_label"]
@@ -125,3 +131,55 @@ def _json_labels(data: str, spec: GroundTruthSpec) -> tuple[str, ...]:
             raise GroundTruthError("missing_label", f"record {index} has no label at {spec.label_path!r}")
         labels.append(label)
     return tuple(labels)
+
+
+@dataclasses.dataclass
+class LabelVocabularies:
+    """The distinct labels of ground truth and of each model, gathered part by part (labels as label_text spells
+    them, so 1, 1.0, "1", "1.0" and true are all "1")."""
+
+    truth: set[str] = dataclasses.field(default_factory=set)
+    production: set[str] = dataclasses.field(default_factory=set)
+    candidate: set[str] = dataclasses.field(default_factory=set)
+
+    def add(self, truth: Iterable[str | None], production: Iterable[str | None],
+            candidate: Iterable[str | None]) -> None:
+        for seen, labels in ((self.truth, truth), (self.production, production), (self.candidate, candidate)):
+            if len(seen) <= VOCABULARY_LIMIT:
+                seen.update(label for label in labels if label is not None)
+
+    def mismatch(self, task: str = "auto") -> str | None:
+        """Why ground truth cannot be scored against the models' labels, or None.
+
+        Ground truth that shares no value with either model's labels would score both models 0 and
+        judge nothing. Only class-like truth is checked: numeric truth with many or fractional values is a
+        regression target, and a vocabulary past VOCABULARY_LIMIT is not known in full.
+        """
+        sides = (self.truth, self.production, self.candidate)
+        if task == "regression" or not self.truth or not (self.production or self.candidate):
+            return None
+        if any(len(seen) > VOCABULARY_LIMIT for seen in sides) or not _class_like(self.truth):
+            return None
+        if self.truth & (self.production | self.candidate):
+            return None
+        numeric = all(number_from_text(label) is not None for label in self.truth)
+        return (f"ground-truth labels {_listing(self.truth)} share no value with the models' labels "
+                f"(production {_listing(self.production)}, candidate {_listing(self.candidate)}): set "
+                f"ground_truth.label_path (or records_path) to the field holding the label, or send ground truth "
+                f"in the models' label values (numbers compare by value: 1, 1.0, \"1\" and true are the same)"
+                + ("; if they are regression targets, set compare.task: regression" if numeric else ""))
+
+
+def _class_like(labels: set[str]) -> bool:
+    numbers = [number_from_text(label) for label in labels]
+    if any(number is None for number in numbers):
+        return True
+    return len(labels) <= MAX_CLASSES and all(float(number).is_integer() for number in numbers)
+
+
+def _listing(labels: set[str]) -> str:
+    if not labels:
+        return "{} (none)"
+    shown = sorted(labels)[:_SHOWN]
+    more = f", ... ({len(labels)} in all)" if len(labels) > _SHOWN else ""
+    return "{" + ", ".join(shown) + more + "}"

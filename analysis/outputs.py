@@ -17,12 +17,14 @@ from typing import Literal, Protocol
 
 import jmespath
 
-from analysis.canonical import canonical_json, label_text, number_from_text, values_match
+from analysis.canonical import canonical_json, canonical_number, label_text, number_from_text, values_match
 from analysis.records import SplitError, compact_json, detect_format, document_records, split_body
 
 OutputFormat = Literal["csv", "json", "jsonlines"]
 DEFAULT_RECORDS_PATH = "predictions"
 _DEFAULT_LABEL_KEYS = ("predicted_label", "label")
+# What label_text makes of a NaN or infinite label, whether it was a number or text ("nan", "inf").
+_NON_FINITE_LABELS = {canonical_number(value, 1) for value in (math.nan, math.inf, -math.inf)}
 
 
 class OutputParsing(Protocol):
@@ -136,6 +138,19 @@ def parse_body(body: str, parsing: OutputParsing, content_type: str | None, deci
     except SplitError as exc:
         raise OutputParseError(exc.detail) from None
     return [parse_output(text, parsing, None, decimals, fmt=fmt) for text in texts]
+
+
+def non_finite(parsed: ParsedOutput) -> str | None:
+    """Why an answer's score or label is not a finite value (NaN, inf, or their text), else None.
+
+    A non-finite answer is not a missing one: the record cannot be judged, and whose answer it is decides
+    who is at fault (the candidate's replayed answer, or production's captured one).
+    """
+    if parsed.score is not None and not math.isfinite(parsed.score):
+        return f"the score is {canonical_number(parsed.score, 1)}"
+    if parsed.label in _NON_FINITE_LABELS:
+        return f"the label is {parsed.label}"
+    return None
 
 
 def canonical_text(raw: str, decimals: int) -> str | None:

@@ -13,6 +13,8 @@ class Reason:
     stage: str
     meaning: str
     fix: str
+    owner: str = ""
+    """Whose the lost record is: "capture", "candidate" or "evaluation" (docs/internals.md)."""
 
 
 REASONS: dict[str, Reason] = {
@@ -60,6 +62,15 @@ REASONS: dict[str, Reason] = {
                                            "set production.output to the response format"),
     "unparsable_candidate_output": Reason("join", "the candidate's answer does not parse",
                                           "set candidate.output to the response format"),
+    # join: answers that parse but hold no finite value
+    "candidate_invalid_score": Reason("join", "the candidate answered a NaN or infinite score or label, or "
+                                              "neither a score nor a label where production answered one",
+                                      "the candidate model produced no usable answer for this record; check its "
+                                      "inference code on this input, or candidate.output if it answers in "
+                                      "another shape", owner="candidate"),
+    "production_invalid_score": Reason("join", "production's captured answer has a NaN or infinite score or label",
+                                       "the production model answered no usable value; the record cannot be "
+                                       "compared and is excluded", owner="capture"),
 }
 
 

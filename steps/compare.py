@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from analysis import compare as paired
 from analysis.gate import Decision
+from analysis.ground_truth import LabelVocabularies
 from analysis.results import Comparison
 from steps import join
 from steps.config import Config
@@ -34,10 +35,15 @@ DUCKDB_MEMORY_LIMIT = "64MB"
 DUCKDB_THREADS = 1
 
 
+class LabelVocabularyError(ValueError):
+    """Ground-truth labels that share no value with either model's labels: nothing could be judged on them."""
+
+
 def run(config: Config, run_dir: Path) -> Comparison:
     """Every declared statistic over the run's joined records, for the whole run and each slice.
 
     Streams join/records part by part: memory holds one part's frame plus a few numbers per record.
+    Raises LabelVocabularyError before any verdict exists when the labels cannot be scored.
     """
     run_dir = Path(run_dir)
     parts = join.parquet_parts(run_dir / "join" / "records")
@@ -45,14 +51,20 @@ def run(config: Config, run_dir: Path) -> Comparison:
     columns = sorted({*_COLUMNS, *(_SLICE_COLUMNS.get(s.by, "input_text") for s in compare_config.slices)})
     schema = pa.schema([join.RECORDS_SCHEMA.field(name) for name in columns])
     accumulator = paired.Accumulator(compare_config, compare_config.task)
+    vocabularies = LabelVocabularies()
     offsets = [0]
     for part in parts:
         frame = pq.read_table(part, columns=columns).to_pandas()
+        vocabularies.add(*(frame[name].dropna().unique() for name in
+                           ("ground_truth_label", "production_label", "candidate_label")))
         accumulator.add(frame)
         offsets.append(offsets[-1] + len(frame))
         del frame
     if not parts:
         accumulator.add(schema.empty_table().to_pandas())
+    mismatch = vocabularies.mismatch(compare_config.task)
+    if mismatch:
+        raise LabelVocabularyError(mismatch)
     order = record_order(parts, offsets, run_dir)
 
     def fetch(indices: np.ndarray) -> pd.DataFrame:

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 from analysis.canonical import values_match
 from analysis.ground_truth import GroundTruthError, ground_truth_records
-from analysis.outputs import OutputParseError, ParsedOutput, outputs_match, parse_body, parse_output, parse_value, \
-    split_document
+from analysis.outputs import OutputParseError, ParsedOutput, non_finite, outputs_match, parse_body, parse_output, \
+    parse_value, split_document
 from analysis.quarantine import REASONS
 from analysis.records import request_records
 from analysis.results import Accounting
@@ -175,7 +175,12 @@ class _Side:
 
     def answers(self, rows: list[dict[str, Any]]) -> list[Answer]:
         """Each row's answer from this side's replay, or why there is none."""
-        self._outs = {}  # one part at a time: memory stays bounded by one capture file
+        self._outs, self._documents = {}, {}  # one part at a time: memory stays bounded by one capture file
+        # A replay file holds one capture file's records, so its last line is among this part's rows.
+        self._records = collections.Counter()
+        for row in rows:
+            if row.get("replay_file") and row.get("replay_line"):
+                self._records[row["replay_file"]] = max(self._records[row["replay_file"]], row["replay_line"])
         return [self._answer(row) for row in rows]
 
     def _answer(self, row: dict[str, Any]) -> Answer:
@@ -194,15 +199,40 @@ class _Side:
             lines = self._lines(out_path)
             if isinstance(lines, _Problem):
                 return lines
-            line_number = row["replay_line"]
-            if not line_number or line_number > len(lines):
-                return _Problem("replay_output_mismatch",
-                                f"{out_path.name} has {len(lines)} lines, the record is on replay line {line_number}")
-            if group == "csv":
-                return self._csv(lines, row, out_path.name)
-            return self._json(lines[line_number - 1], row, group, out_path.name)
+            answer = self._joined(lines, row, group, out_path.name)
+            if isinstance(answer, _Problem) and group in ("csv", "jsonlines"):
+                records = self._batch_documents(out_path, self._records[replay_file])
+                if records is not None:
+                    return parse_value(records[row["replay_line"] - 1], self.parsing, self.decimals)
+            return answer
         except OutputParseError as exc:
             return _Problem("unparsable_candidate_output", f"{self.side} answer: {exc.detail}")
+
+    def _joined(self, lines: list[str], row: dict[str, Any], group: str, name: str) -> Answer:
+        """The row's answer from its own line of a joined .out (JoinSource=Input, one line per record)."""
+        line_number = row["replay_line"]
+        if not line_number or line_number > len(lines):
+            return _Problem("replay_output_mismatch",
+                            f"{name} has {len(lines)} lines, the record is on replay line {line_number}")
+        if group == "csv":
+            return self._csv(lines, row, name)
+        return self._json(lines[line_number - 1], row, group, name)
+
+    def _batch_documents(self, path: Path, records: int) -> list[object] | None:
+        """The .out read as one JSON document per mini-batch, as Batch Transform writes a batch answered whole
+        (AssembleWith=Line, no join): their records at records_path, in order, when they are one per record."""
+        key = str(path)
+        if key not in self._documents:
+            try:
+                values = _json_values(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                values = None
+            if values is not None and any(isinstance(v, dict) and "SageMakerOutput" in v for v in values):
+                values = None  # a joined .out: its own lines are the answers, and their problem is real
+            self._documents[key] = None if values is None else \
+                [record for value in values for record in split_document(value, self.parsing)]
+        found = self._documents[key]
+        return found if found is not None and records and len(found) == records else None
 
     def _locate(self, replay_file: str) -> tuple[str, Path]:
         first = replay_file.split("/", 1)[0]
@@ -233,7 +263,13 @@ class _Side:
 
     def _csv(self, lines: list[str], row: dict[str, Any], name: str) -> Answer:
         # Column 0 carries record_id through InputFilter $[1:] and JoinSource=Input; the input fields follow.
-        fields = _csv_row(lines[row["replay_line"] - 1])
+        line = lines[row["replay_line"] - 1]
+        # A JSON answer (object or array) appended to the echoed row as is: not CSV fields, but its own answer.
+        verbatim = _after_prefix(line, f"{_csv_text([row['record_id']])},{row['input_text']},")
+        value = _json_object(verbatim) if verbatim is not None else None
+        if value is not None:
+            return parse_value(self._one_record(value), self.parsing, self.decimals)
+        fields = _csv_row(line)
         inputs = _csv_row(row["input_text"])
         if fields is None or inputs is None or not fields or fields[0] != row["record_id"]:
             return _Problem("replay_output_mismatch",
@@ -244,7 +280,19 @@ class _Side:
         answer = fields[1 + len(inputs):]
         if not answer:
             return _Problem("replay_output_mismatch", f"{name} line {row['replay_line']} has no output after the input")
+        # One field holding a JSON object or array: a model answering JSON, joined as one CSV field.
+        value = _json_object(answer[0]) if len(answer) == 1 else None
+        if value is not None:
+            return parse_value(self._one_record(value), self.parsing, self.decimals)
         return parse_output(_csv_text(answer), self.parsing, self._accept("csv"), self.decimals, fmt="csv")
+
+    def _one_record(self, value: object) -> object:
+        """A record's answer that is a document listing exactly one record (a batch of one answered whole)."""
+        if isinstance(value, dict):
+            records = split_document(value, self.parsing)
+            if len(records) == 1 and records[0] is not value:
+                return records[0]
+        return value
 
     def _json(self, line: str, row: dict[str, Any], group: str, name: str) -> Answer:
         where = f"{name} line {row['replay_line']}"
@@ -261,7 +309,7 @@ class _Side:
         if group == "jsonlines":
             if not _same_json(echo, replayed):
                 return _Problem("replay_output_mismatch", f"{where} echoes a different input than the replayed line")
-            return parse_value(output, self.parsing, self.decimals)
+            return parse_value(self._one_record(output), self.parsing, self.decimals)
         requests = request_records(echo, self.instances_path)
         index = row["replay_index"] or 0
         if index >= len(requests) or not _same_json(requests[index], replayed):
@@ -310,6 +358,7 @@ def _join_part(rows: list[dict[str, Any]], labels: list[str | None], duplicates:
             quarantined.append(_quarantine_row(row, "duplicate_event_id", f"already captured at {first}", run_id))
             continue
         captured = _production_answer(row, config)
+        answer = _readable(_finite(answer, "candidate_invalid_score", "candidate"), captured)
         for problem in (captured, answer):
             if isinstance(problem, _Problem):
                 quarantined.append(_quarantine_row(row, problem.reason, problem.detail, run_id))
@@ -323,14 +372,37 @@ def _production_answer(row: dict[str, Any], config: Config) -> Answer:
     if row.get("output_text") is None:
         return _Problem("unparsable_production_output", "the capture holds no answer for this record")
     try:
-        return parse_output(row["output_text"], config.production.output, row.get("output_content_type"),
-                            config.compare.decimals)
+        parsed = parse_output(row["output_text"], config.production.output, row.get("output_content_type"),
+                              config.compare.decimals)
     except OutputParseError as exc:
         return _Problem("unparsable_production_output", exc.detail)
+    return _finite(parsed, "production_invalid_score", "production's captured answer")
+
+
+def _finite(answer: Answer, code: str, whose: str) -> Answer:
+    """The answer, or a problem when its score or label is NaN or infinite (never a silently missing score)."""
+    if isinstance(answer, _Problem):
+        return answer
+    why = non_finite(answer)
+    return answer if why is None else _Problem(code, f"{whose}: {why} (raw {answer.raw[:80]!r})")
+
+
+def _readable(answer: Answer, production: Answer) -> Answer:
+    """The candidate's answer, or a problem when it has neither score nor label where production's has one:
+    an answer the comparison cannot read (`not-a-number`) must not pass as a record with nothing to compare."""
+    if isinstance(answer, _Problem) or isinstance(production, _Problem):
+        return answer
+    if answer.score is None and answer.label is None and (production.score is not None or production.label):
+        return _Problem("candidate_invalid_score", f"candidate: no score or label in {answer.raw[:80]!r} where "
+                                                   f"production's answer has one")
+    return answer
 
 
 def _record_row(row: dict[str, Any], production: ParsedOutput, candidate: ParsedOutput, replayed: Answer | None,
                 label: str | None, config: Config, run_id: str) -> dict[str, Any]:
+    if replayed is not None:
+        # The noise floor is the tool's own reference: a record without a usable one is still judged.
+        replayed = _finite(replayed, "production_invalid_score", "replayed production")
     if isinstance(replayed, _Problem):
         log.debug("no noise-floor answer for %s: %s", row["record_id"], replayed.detail)
         replayed = None
@@ -480,6 +552,35 @@ def _csv_text(fields: list[str]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(fields)
     return buffer.getvalue()
+
+
+def _json_values(text: str) -> list[object] | None:
+    """Every JSON value in a text of whitespace-separated JSON values (documents, JSON Lines), else None."""
+    decoder, values, position = json.JSONDecoder(), [], 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+        if position == len(text):
+            return values
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+
+
+def _json_object(text: str) -> object | None:
+    """A JSON object or array held in one CSV field, else None."""
+    if text.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _after_prefix(line: str, prefix: str) -> str | None:
+    return line[len(prefix):] if line.startswith(prefix) and len(line) > len(prefix) else None
 
 
 def _same_json(a: object, b: object) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from analysis.outputs import DEFAULT_RECORDS_PATH
 from analysis.quarantine import REASONS
 from steps.config import ReplayConfig
 from steps.model_server import serve_model
@@ -27,8 +28,12 @@ PLAN_GROUP_KEYS = {"content_type", "accept", "split_type", "batch_strategy", "as
                    "files", "records"}
 
 
-def transform_job(plan_group: dict[str, Any], replay: ReplayConfig) -> TransformJob:
-    """The CreateTransformJob knobs for a plan group: the group's record handling, the config's limits."""
+def transform_job(plan_group: dict[str, Any], replay: ReplayConfig, records_path: str | None = None) -> TransformJob:
+    """The CreateTransformJob knobs for a plan group: the group's record handling, the config's limits.
+
+    records_path is the side's output.records_path (None: `predictions`), used to take a one-document
+    answer to a batch apart record by record.
+    """
     unknown = sorted(set(plan_group) - PLAN_GROUP_KEYS)
     if unknown:
         raise TransformJobError(f"replay plan group has an unknown key {unknown[0]!r} "
@@ -44,6 +49,7 @@ def transform_job(plan_group: dict[str, Any], replay: ReplayConfig) -> Transform
         data_processing=plan_group.get("data_processing") or None,
         invocation_timeout_s=replay.invocation_timeout_s,
         invocation_max_retries=replay.invocation_max_retries,
+        records_path=records_path or DEFAULT_RECORDS_PATH,
     )
 
 
@@ -52,12 +58,13 @@ def is_url(model: str) -> bool:
 
 
 def run(plan_group: dict[str, Any], input_dir: str | Path, output_dir: str | Path, model: str,
-        replay: ReplayConfig, log_path: str | Path, side: str, producer: str = "") -> TransformResult:
+        replay: ReplayConfig, log_path: str | Path, side: str, producer: str = "",
+        records_path: str | None = None) -> TransformResult:
     """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json.
 
     `producer` (the model's digest) goes into every checkpoint: an answer by another model is never reused.
     """
-    job = transform_job(plan_group, replay)
+    job = transform_job(plan_group, replay, records_path)
     if is_url(model):
         log.info("replaying %s through the container at %s", side, model)
         result = transform(input_dir, output_dir, model, job, producer=producer)

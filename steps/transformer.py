@@ -81,6 +81,9 @@ class TransformJob:
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     slice_end_inclusive: bool = False
     """Read `[start:end]` in the filters with an inclusive end, as the DataProcessing guide's examples do."""
+    records_path: str | None = None
+    """Not a CreateTransformJob knob: where the model's one-document answer to a batch lists its records
+    (the side's output.records_path), so a join can take it record by record (analysis.dataprocessing)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.invocation_max_retries <= 3:
@@ -101,7 +104,7 @@ class TransformJob:
         try:
             processing = DataProcessing.from_mapping(self.data_processing, slice_end_inclusive=self.slice_end_inclusive)
             return TransformSettings(self.content_type, self.accept, self.split_type, batch_strategy,
-                                     max_payload_mb, self.assemble_with, processing)
+                                     max_payload_mb, self.assemble_with, processing, self.records_path)
         except DataProcessingError as exc:
             raise TransformJobError(exc.detail) from None
 

@@ -23,6 +23,7 @@ from analysis.quarantine import REASONS
 from capture_helpers import at, capture_line, capture_path, capture_record, write_capture_tree
 from contract_server import ContractServer
 from steps.config import ConfigError, load_config
+from steps.join import load_joined
 
 HOUR_A, HOUR_B = capture_path("ep", "v", at(10, 0)), capture_path("ep", "v", at(11, 0))
 GOOD_CALLS = 10  # of two records each: one bad record puts coverage at 20/21 < 0.99
@@ -119,6 +120,16 @@ CASES = [
     Case("a flat JSON list is one record, as the model server reads it", lambda: {HOUR_A: good_lines() + [
         capture_line(json.dumps(list(range(1, 31))), '{"predictions": [0.7]}', event_id="flat",
                      input_type="application/json")]}, {}),
+    Case("candidate answers a CSV batch with one JSON document", lambda: {HOUR_A: good_lines()}, {},
+         fault="json-document"),
+    Case("candidate answers a CSV batch with JSON Lines", lambda: {HOUR_A: good_lines()}, {}, fault="json-lines"),
+    Case("candidate answers NaN for every record", lambda: {HOUR_A: good_lines()},
+         {"candidate_invalid_score": 20}, fault="nan"),
+    Case("candidate answers text that is not a score", lambda: {HOUR_A: good_lines()},
+         {"candidate_invalid_score": 20}, fault="garbage"),
+    Case("production's captured answer is NaN or infinite", lambda: {HOUR_A: good_lines() + [
+        capture_line("1.0,2.0\n3.0,4.0", "nan\ninf", event_id="nan-prod", output_type="text/csv")]},
+         {"production_invalid_score": 2}),
     Case("ground truth for unknown ids and duplicated ground truth", lambda: {HOUR_A: good_lines()}, {},
          ground_truth=[_gt("good-0", "1\n0"), _gt("good-0", "1\n1"), _gt("nobody", "1")]),
 ]
@@ -135,8 +146,29 @@ def _one_short(answer: bytes, mime: str) -> bytes:
     return json.dumps({"predictions": json.loads(answer)["predictions"][:-1]}).encode()
 
 
+def _nan(answer: bytes, mime: str) -> bytes:
+    return answer.replace(b"0.7", b"NaN")
+
+
+def _as_json_document(answer: bytes, mime: str) -> bytes:
+    """The same scores, a CSV batch answered with one `{"predictions": [...]}` document."""
+    if mime != "text/csv":
+        return answer
+    return json.dumps({"predictions": [{"score": float(x)} for x in answer.decode().split()]}, indent=1).encode()
+
+
+def _as_json_lines(answer: bytes, mime: str) -> bytes:
+    if mime != "text/csv":
+        return answer
+    return "".join(json.dumps({"score": float(x), "predicted_label": 1}) + "\n" for x in answer.decode().split()).encode()
+
+
 def _candidate(kind: str | None) -> ContractServer:
-    """The contract server, failing as the case says or answering wrongly (blank, one answer short)."""
+    """The contract server, failing as the case says or answering wrongly (blank, one answer short, NaN) or
+    answering right in another shape."""
+    shapes = {"nan": _nan, "json-document": _as_json_document, "json-lines": _as_json_lines}
+    if kind in shapes:
+        return ContractServer(rewrite=shapes[kind])
     if kind == "not-text":
         return ContractServer(rewrite=_not_text)
     if kind == "short-json":
@@ -232,6 +264,22 @@ def test_binary_capture_line_names_the_fix(tmp_path):
     (row,) = [r for r in _quarantine_rows(outcome.run_dir) if r["reason"] == "binary_file"]
     assert row["capture_file"].endswith(".jsonl.gz") and row["capture_line"] == 1
     assert "decompress it or move it out of the capture root" in row["detail"]
+
+
+def test_ground_truth_in_another_label_vocabulary_is_a_one_line_error(tmp_path, capsys):
+    capture_root, truth_root = tmp_path / "capture", tmp_path / "truth"
+    write_capture_tree(capture_root, {HOUR_A: good_lines()})
+    write_capture_tree(truth_root, {"2024/01/19/10/gt.jsonl": [
+        json.dumps(_gt(f"good-{i}", "malignant\nbenign")) for i in range(GOOD_CALLS)]})
+    with _candidate(None) as server:
+        config = _config_file(tmp_path, capture_root, server.url, {}, truth_root)
+        code = pipeline.main(["run", "--config", str(config), "--run-id", "vocabulary"])
+    (message,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert code == 1
+    assert message.startswith("shadow-eval: ground-truth labels {benign, malignant} share no value")
+    assert "production {1}" in message and "candidate {1}" in message and "ground_truth.label_path" in message
+    run_dir = tmp_path / "ws" / "runs" / "vocabulary"
+    assert not (run_dir / "report" / "evaluation.json").exists()  # no verdict was written anywhere
 
 
 def test_every_quarantine_reason_has_a_case():
@@ -433,3 +481,11 @@ def test_hash_or_drop_keeps_payloads_out_of_quarantine_details(tmp_path):
     for policy in ("drop", "hash"):
         assert details[policy] and not any(secret in detail for detail in details[policy])
         assert all(REASONS["replay_file_failed"].fix in detail for detail in details[policy])
+@pytest.mark.parametrize("shape", ["json-document", "json-lines"])
+def test_the_same_model_answering_in_another_shape_is_joined_record_by_record(shape, tmp_path):
+    outcome, evaluation = run_case(next(c for c in CASES if c.fault == shape), tmp_path)
+    assert outcome.accounting.coverage == 1.0 and outcome.decision == "Approved", evaluation["reasons"]
+    joined = load_joined(outcome.run_dir)
+    assert len(joined) == 2 * GOOD_CALLS
+    assert (joined["candidate_score"] == 0.7).all() and joined["tolerant_match"].all()
+    assert (joined["candidate_label"] == joined["production_label"]).all()

@@ -1,6 +1,8 @@
 """Batch Transform's record handling: splitting, mini-batches, filters, joins and assembly."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -162,9 +164,48 @@ def test_responses_are_written_verbatim_without_join_or_filter():
     (b'{"a":1}\n', 2, "json"),
 ])
 def test_a_response_with_the_wrong_record_count_fails(body, count, fmt):
+    # (with records_path too: a document listing another number of records is still a mismatch)
+    with pytest.raises(DataProcessingError) as error:
+        split_response(body, count, fmt, records_path="predictions")
+    assert error.value.reason == "output_count_mismatch"
     with pytest.raises(DataProcessingError) as error:
         split_response(body, count, fmt)
     assert error.value.reason == "output_count_mismatch"
+
+
+# a response to a batch, its record count, the records_path -> one output per record
+BATCH_ANSWERS = [
+    pytest.param(b'{"predictions": [{"score": 0.25}, {"score": 0.5}]}', 2, "predictions",
+                 [b'{"score":0.25}', b'{"score":0.5}'], id="one-document"),
+    pytest.param(b'{\n  "out": {"rows": [1, 2.50, 3]}\n}\n', 3, "out.rows", [b"1", b"2.50", b"3"],
+                 id="pretty-document-other-path-literals-kept"),
+    pytest.param(b"[0.1, 0.9]", 2, None, [b"0.1", b"0.9"], id="bare-list"),
+    pytest.param(b'{"score":0.1}\n{"score":0.9}\n', 2, "predictions", [b'{"score":0.1}', b'{"score":0.9}'],
+                 id="json-lines"),
+    pytest.param(b'{"predictions": [0.7]}', 1, "predictions", [b'{"predictions": [0.7]}'],
+                 id="batch-of-one-kept-whole"),
+    pytest.param(b"0.1\n0.9\n", 2, "predictions", [b"0.1", b"0.9"], id="csv-lines"),
+]
+
+
+@pytest.mark.parametrize("body, count, records_path, outputs", BATCH_ANSWERS)
+def test_a_batch_answered_in_another_shape_splits_per_record(body, count, records_path, outputs):
+    assert split_response(body, count, "csv", records_path=records_path) == outputs
+
+
+@pytest.mark.parametrize("answer, joined", [
+    (lambda rows: b"0.25\n0.5\n", b"id1,1,2,0.25\nid2,3,4,0.5\n"),
+    (lambda rows: b'{"predictions": [0.25, 0.5]}', b"id1,1,2,0.25\nid2,3,4,0.5\n"),
+    (lambda rows: b'{"predictions": [{"score": 0.25, "label": "a,b"}, {"score": 0.5, "label": "c"}]}',
+     b'id1,1,2,"{""label"":""a,b"",""score"":0.25}"\nid2,3,4,"{""label"":""c"",""score"":0.5}"\n'),
+    (lambda rows: b'{"score": 0.25, "p": [1, 2]}\n{"score": 0.5, "p": [3, 4]}\n',
+     b'id1,1,2,"{""p"":[1,2],""score"":0.25}"\nid2,3,4,"{""p"":[3,4],""score"":0.5}"\n'),
+    (lambda rows: b"[0.1, 0.9]\n[0.8, 0.2]\n", b"id1,1,2,0.1,0.9\nid2,3,4,0.8,0.2\n"),
+])
+def test_a_csv_join_keeps_a_json_answer_as_json(answer, joined):
+    # The replay's CSV join: the id column is filtered out for the model and joined back with its answer.
+    knobs = dataclasses.replace(settings(InputFilter="$[1:]", JoinSource="Input"), records_path="predictions")
+    assert transform(b"id1,1,2\nid2,3,4\n", knobs, answer) == joined
 
 
 @pytest.mark.parametrize("data, knobs, answer, reason", [

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.ground_truth import GroundTruth, GroundTruthError, ground_truth_records, parse_ground_truth_line
+from analysis.canonical import label_text
+from analysis.ground_truth import GroundTruth, GroundTruthError, LabelVocabularies, ground_truth_records, \
+    parse_ground_truth_line
 from steps.config import GroundTruthConfig
 
 SAMPLES = Path("/work/shared/reference/capture-samples")
@@ -75,3 +77,38 @@ def test_aws_merged_json_ground_truth_splits_per_instance():
     record = {"groundTruthData": merged["groundTruthData"], "eventMetadata": {"eventId": "x"}, "eventVersion": "0"}
     parsed = parse_ground_truth_line(json.dumps(record), SPEC)
     assert len(parsed.labels) == 334 and set(parsed.labels) == {"0", "1"}
+
+
+# truth, production, candidate labels (as label_text spells them), task -> is it an error?
+VOCABULARIES = [
+    pytest.param({"malignant", "benign"}, {"0", "1"}, {"0", "1"}, "auto", True, id="words-vs-codes"),
+    pytest.param({"0", "1"}, {"cat", "dog"}, {"cat", "dog"}, "auto", True, id="codes-vs-words"),
+    pytest.param({"0", "1"}, {"0", "1"}, {"0", "1"}, "auto", False, id="same-codes"),
+    pytest.param({"1", "0", "2"}, {"0", "1"}, {"0"}, "auto", False, id="overlap-is-enough"),
+    pytest.param({"yes", "no"}, {"0", "1"}, {"yes", "no"}, "auto", False, id="one-model-speaks-it"),
+    pytest.param({"0.37", "1.52", "2.04"}, {"0", "1"}, {"0", "1"}, "auto", False, id="regression-target"),
+    pytest.param(set(map(str, range(21, 60))), {"0", "1"}, {"0", "1"}, "auto", False, id="many-integers-regression"),
+    pytest.param({"malignant"}, {"0"}, {"1"}, "regression", False, id="task-says-regression"),
+    pytest.param({"malignant"}, set(), set(), "auto", False, id="models-without-labels"),
+    pytest.param(set(), {"0"}, {"1"}, "auto", False, id="no-truth"),
+]
+
+
+@pytest.mark.parametrize("truth, production, candidate, task, error", VOCABULARIES)
+def test_label_vocabularies(truth, production, candidate, task, error):
+    vocabularies = LabelVocabularies()
+    vocabularies.add(truth, production, [None, *candidate])
+    message = vocabularies.mismatch(task)
+    assert bool(message) == error
+    if error:
+        assert "\n" not in message and "ground_truth.label_path" in message
+        for labels in (truth, production, candidate):
+            assert all(label in message for label in labels)
+
+
+def test_numeric_spellings_are_one_label():
+    # Ground truth is read through label_text, like the models' labels: 1, 1.0, "1", "1.0" and true agree.
+    assert {label_text(value) for value in (1, 1.0, "1", "1.0", " 1 ", True)} == {"1"}
+    vocabularies = LabelVocabularies()
+    vocabularies.add([label_text("1.0"), label_text(0)], ["1", "0"], ["1"])
+    assert vocabularies.mismatch() is None

@@ -261,3 +261,66 @@ def test_an_empty_window_joins_to_empty_parts(tmp_path):
     result = join.run(config_from_mapping({}), run)
     assert result.accounting == Accounting(0, 0, 0, {})
     assert join.load_joined(run).empty
+
+
+def _csv_joined(*answers: str) -> str:
+    """Part A's .out as the replay writes it (record id, input, answer), with these answer columns."""
+    ids_inputs = ["e1:0,1,2", "e1:1,3,4", "e2:0,5,6", "e3:0,7,8", "e4:0,9,9"]
+    return "".join(f"{prefix},{answer}\n" for prefix, answer in zip(ids_inputs, answers))
+
+
+# Part A's candidate .out in another shape -> candidate score of each joined record (e3 has no production answer)
+SHAPES = [
+    pytest.param('{"predictions": [{"score": 0.91}, {"score": 0.6}]}\n{"predictions": [0.7, 0.5]}\n'
+                 '{"predictions": [0.1]}\n', id="one-document-per-mini-batch"),
+    pytest.param(json.dumps({"predictions": [0.91, 0.6, 0.7, 0.5, 0.1]}, indent=2), id="one-pretty-document"),
+    pytest.param(_csv_joined(*('"{""score"": %s}"' % s for s in ("0.91", "0.6", "0.7", "0.5", "0.1"))),
+                 id="joined-json-field"),
+    pytest.param(_csv_joined(*('{"score": %s, "predicted_label": "x,y"}' % s
+                               for s in ("0.91", "0.6", "0.7", "0.5", "0.1"))), id="joined-json-appended-as-is"),
+    pytest.param(_csv_joined(*('"{""predictions"": [%s]}"' % s for s in ("0.91", "0.6", "0.7", "0.5", "0.1"))),
+                 id="joined-one-record-document"),
+]
+
+
+@pytest.mark.parametrize("out", SHAPES)
+def test_answers_in_another_shape_join_record_by_record(run_dir, config, out):
+    write(run_dir / "replay" / "candidate" / f"{CSV_A}.out", out)
+    codes = quarantine(join.run(config, run_dir))
+    frame = frame_by_id(run_dir)
+    assert "e4:0@a.jsonl" not in codes and codes["e3:0@a.jsonl"] == "unparsable_production_output"
+    assert frame.loc[["e1:0", "e1:1", "e2:0", "e4:0"], "candidate_score"].tolist() == [0.91, 0.6, 0.7, 0.1]
+
+
+@pytest.mark.parametrize("out", [
+    pytest.param('{"predictions": [0.91, 0.6, 0.7, 0.5]}\n', id="a-record-short"),
+    pytest.param('{"predictions": [0.91, 0.6]}\n{"predictions": [0.7, 0.5, 0.1, 0.2]}\n', id="a-record-too-many"),
+    pytest.param('{"SageMakerOutput": 0.91}\n' * 5, id="joined-json-in-a-csv-job"),
+])
+def test_documents_that_do_not_list_one_answer_per_record_are_a_mismatch(run_dir, config, out):
+    write(run_dir / "replay" / "candidate" / f"{CSV_A}.out", out)
+    codes = quarantine(join.run(config, run_dir))
+    assert [codes[f"{r}@a.jsonl"] for r in ("e1:0", "e1:1", "e2:0", "e4:0")] == ["replay_output_mismatch"] * 4
+
+
+def test_json_lines_answered_with_documents(run_dir, config):
+    candidate = run_dir / "replay" / "candidate"
+    # A batch of one answered whole, joined; then the same file as one document for its mini-batch.
+    write(candidate / f"{JSONL_B}.out", '{"SageMakerOutput":{"predictions":[{"predicted_label":1,"score":0.98}]},'
+                                        '"f":[1]}\n{"SageMakerOutput":{"predictions":[0.1]},"f":[9]}\n')
+    join.run(config, run_dir)
+    assert frame_by_id(run_dir).loc[["e5:0", "e6:0"], "candidate_score"].tolist() == [0.98, 0.1]
+    write(candidate / f"{JSONL_B}.out", '{"predictions":[{"predicted_label":1,"score":0.98},0.1]}\n')
+    join.run(config, run_dir)
+    assert frame_by_id(run_dir).loc[["e5:0", "e6:0"], "candidate_score"].tolist() == [0.98, 0.1]
+
+
+def test_non_finite_answers_are_quarantined_by_whose_they_are(run_dir, config):
+    write(run_dir / "replay" / "candidate" / f"{CSV_A}.out", _csv_joined("NaN", "0.6", "inf", "0.5", "0.1"))
+    write(run_dir / "replay" / "production" / f"{CSV_A}.out", _csv_joined("0.9", "nan", "0.7", "0.5", "0.1"))
+    codes = quarantine(join.run(config, run_dir))
+    assert codes["e1:0@a.jsonl"] == codes["e2:0@a.jsonl"] == "candidate_invalid_score"
+    frame = frame_by_id(run_dir)
+    # The noise floor is the tool's own reference: a NaN there leaves the record joined, only unreplayed.
+    assert frame.loc["e1:1", "candidate_score"] == 0.6
+    assert frame.loc["e1:1", ["production_replay_raw", "noise_abs_diff"]].isna().all()

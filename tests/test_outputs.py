@@ -1,8 +1,8 @@
 import pytest
 
 from analysis.canonical import canonical_hash
-from analysis.outputs import OutputParseError, canonical_text, output_format, outputs_match, parse_body, \
-    parse_output, parse_value, split_output
+from analysis.outputs import OutputParseError, canonical_text, non_finite, output_format, outputs_match, \
+    parse_body, parse_output, parse_value, split_output
 from steps.config import CompareConfig, OutputParsing
 
 DEFAULT = OutputParsing()
@@ -126,3 +126,23 @@ def test_outputs_match(production, candidate, expected):
 ])
 def test_canonical_text(raw, expected):
     assert canonical_text(raw, 6) == expected
+
+
+# answer text, content type, parsing -> why it is not finite (None: a usable answer)
+NON_FINITE = [
+    pytest.param("nan\n", CSV, DEFAULT, "the score is NaN", id="csv-nan-text"),
+    pytest.param("-inf", CSV, DEFAULT, "the score is -Infinity", id="csv-minus-inf"),
+    pytest.param('{"score": NaN}', JSON, DEFAULT, "the score is NaN", id="json-nan-literal"),
+    pytest.param('{"score": "Infinity"}', JSON, DEFAULT, "the score is Infinity", id="json-inf-text"),
+    pytest.param('{"predicted_label": "nan"}', JSON, DEFAULT, "the label is NaN", id="nan-label"),
+    pytest.param("0.5,inf", CSV, OutputParsing(label_column=1), "the label is Infinity", id="csv-inf-label"),
+    pytest.param('{"predicted_label": 1}', JSON, DEFAULT, None, id="label-only"),
+    pytest.param('{"other": 1}', JSON, DEFAULT, None, id="no-score-at-all"),
+    pytest.param("0.98", CSV, DEFAULT, None, id="finite"),
+    pytest.param('"NaN-wave"', JSON, DEFAULT, None, id="class-name-that-is-not-a-number"),
+]
+
+
+@pytest.mark.parametrize("text, content_type, parsing, expected", NON_FINITE)
+def test_non_finite_answers_are_named_not_missing(text, content_type, parsing, expected):
+    assert non_finite(parse_output(text, parsing, content_type, 6)) == expected

@@ -133,3 +133,14 @@ def test_the_command_line(tmp_path, capsys):
 def test_an_unknown_run_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run"):
         regate.run(tmp_path, "missing", tmp_path)
+
+
+def test_labels_in_another_vocabulary_are_an_error_and_leave_the_registry_alone(tmp_path, capsys):
+    workspace, registry, package = _finished_run(tmp_path, [None] * N)
+    before = (registry.describe(package).status, len(registry.history(package)))
+    truth = _labels(tmp_path, {i: "malignant" if i % 2 else "benign" for i in range(N)})
+    code = pipeline.main(["regate", RUN_ID, "--ground-truth", str(truth), "--workspace", str(workspace)])
+    (message,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "{benign, malignant}" in message and "{0, 1}" in message and "ground_truth.label_path" in message
+    assert (registry.describe(package).status, len(registry.history(package))) == before

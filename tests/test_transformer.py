@@ -37,7 +37,7 @@ class FakeContainer(ThreadingHTTPServer):
 
     fail: 500 every time · flaky: 500 on the first attempt · slow: 1.5 s on the first attempt ·
     stall: 1.5 s every time · drop: closes the connection · short: one answer line too few ·
-    delay: 0.1 s (to make later requests finish first).
+    delay: 0.1 s (to make later requests finish first) · document: one `{"outs": [...]}` for the batch.
     """
 
     daemon_threads = True
@@ -94,7 +94,9 @@ class FakeHandler(BaseHTTPRequestHandler):
             lines = body.decode().splitlines()
             if b"short" in body:
                 lines = lines[:-1]
-            if "json" in (self.headers.get("Accept") or ""):
+            if b"document" in body:  # the whole batch answered with one JSON document
+                answer = json.dumps({"outs": [{"n": len(line)} for line in lines]}, indent=2)
+            elif "json" in (self.headers.get("Accept") or ""):
                 answer = "".join(json.dumps({"n": len(line)}) + "\n" for line in lines)
             else:
                 answer = "".join(f"{len(line)}\n" for line in lines)
@@ -293,6 +295,23 @@ def test_the_replay_plan_csv_group_keeps_the_record_id_out_of_the_request(contai
     transform(inputs, outputs, container.url, knobs)
     assert [body for _, body in container.calls.requests] == [b"1.5,2\n3,4.25\n"]
     assert (outputs / "f.csv.out").read_text() == "ev1:0,1.5,2,5\nev1:1,3,4.25,6\n"
+
+
+@pytest.mark.parametrize("records_path, joined", [
+    ("outs", 'ev1:0,document,"{""n"":8}"\nev1:1,3,"{""n"":1}"\n'),
+    (None, None),
+])
+def test_a_batch_answered_with_one_document_is_joined_record_by_record(container, dirs, records_path, joined):
+    inputs, outputs = dirs
+    write_inputs(inputs, {"f.csv": "ev1:0,document\nev1:1,3\n"})
+    knobs = job(batch_strategy="MultiRecord", records_path=records_path,
+                data_processing={"InputFilter": "$[1:]", "JoinSource": "Input", "OutputFilter": "$"})
+    result = transform(inputs, outputs, container.url, knobs)
+    if joined is None:  # without the records path the document is one answer for two records
+        assert [f.reason for f in result.files_failed] == ["output_count_mismatch"]
+        assert not (outputs / "f.csv.out").exists()
+    else:
+        assert result.files_ok == ("f.csv",) and (outputs / "f.csv.out").read_text() == joined
 
 
 def test_json_documents_are_joined_under_sagemaker_output(container, dirs):
