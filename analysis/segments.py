@@ -302,13 +302,12 @@ class SegmentEvidenceBuilder:
 
     def _outcomes(self, frame: pd.DataFrame) -> _Outcomes:
         """Each record's outcome class (a column of the tallies) and its regression errors."""
-        p_label = text_values(frame, "production_label").to_numpy(object)
-        c_label = text_values(frame, "candidate_label").to_numpy(object)
-        truth = text_values(frame, "ground_truth_label").to_numpy(object)
-        p_hash, c_hash = text_values(frame, "production_hash"), text_values(frame, "candidate_hash")
+        p_label, c_label = _texts(frame, "production_label"), _texts(frame, "candidate_label")
+        truth = _texts(frame, "ground_truth_label")
+        p_hash, c_hash = _texts(frame, "production_hash"), _texts(frame, "candidate_hash")
         labelled = pd.notna(p_label) & pd.notna(c_label)
         has_truth = labelled & pd.notna(truth)
-        exact = (p_hash.notna() & (p_hash == c_hash)).to_numpy(bool)
+        exact = pd.notna(p_hash) & (p_hash == c_hash)
         bits = (labelled * _LABELLED | (labelled & (p_label != c_label)) * _FLIP | ~exact * _CHANGED
                 | has_truth * _TRUTH_LABEL | (has_truth & (p_label == truth)) * _P_RIGHT
                 | (has_truth & (c_label == truth)) * _C_RIGHT).astype(np.int64)
@@ -381,12 +380,13 @@ class _Feature:
 
     def settle(self, samples: list[np.ndarray], settings: SegmentSettings) -> None:
         """numeric (quantile bins) when the sample has more distinct numbers than top values, else categorical."""
-        finite = np.concatenate([s[np.isfinite(s)] for s in samples])[:SAMPLE_RECORDS]
-        distinct = np.unique(finite)
-        if distinct.size > settings.segment_top_values:
-            quantiles = np.quantile(finite, np.linspace(0, 1, settings.segment_bins + 1)[1:-1])
+        finite = np.sort(np.concatenate([s[np.isfinite(s)] for s in samples])[:SAMPLE_RECORDS])
+        distinct = int(np.count_nonzero(finite[1:] != finite[:-1])) + 1 if finite.size else 0
+        if distinct > settings.segment_top_values:
+            positions = np.linspace(0, 1, settings.segment_bins + 1)[1:-1] * (finite.size - 1)
+            quantiles = np.interp(positions, np.arange(finite.size), finite)  # linear, as np.quantile's default
             edges = np.unique([_significant(q, 3) for q in quantiles])
-            edges = edges[(edges > finite.min()) & (edges <= finite.max())]
+            edges = edges[(edges > finite[0]) & (edges <= finite[-1])]
             if edges.size:
                 self.kind, self.edges = "numeric", edges
                 return
@@ -451,7 +451,7 @@ def _feature_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """
     n = len(frame)
     out: dict[str, np.ndarray] = {}
-    texts = text_values(frame, "input_text")
+    texts = pd.Series(_texts(frame, "input_text"), dtype=object)
     if texts.isna().all():
         texts = pd.Series([""] * n, index=frame.index, dtype=object)
     stripped = texts.str.lstrip()
@@ -463,14 +463,11 @@ def _feature_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         out.update(_spread(_csv_columns(texts[is_csv].tolist()), np.flatnonzero(is_csv.to_numpy()), n))
     if is_json.any():
         out.update(_spread(_json_columns(texts[is_json].tolist()), np.flatnonzero(is_json.to_numpy()), n))
-    attributes = text_values(frame, "custom_attributes")
-    if attributes.notna().any():
-        parsed = {text: _attribute_pairs(text) for text in attributes.dropna().unique()}
-        columns: dict[str, list] = {}
-        for i, text in enumerate(attributes):
-            for key, value in (parsed[text] if text is not None else {}).items():
-                columns.setdefault(f"attr:{key}", [None] * n)[i] = value
-        out.update({name: _column(values) for name, values in columns.items()})
+    codes, headers = pd.factorize(_texts(frame, "custom_attributes"), use_na_sentinel=True)
+    parsed = [_attribute_pairs(text) for text in headers]  # each distinct header once
+    for key in dict.fromkeys(key for pairs in parsed for key in pairs):
+        values = np.array([pairs.get(key) for pairs in parsed] + [None], dtype=object)
+        out[f"attr:{key}"] = _column(list(values[codes]))  # code -1 (no header) picks the trailing None
     return out
 
 
@@ -546,18 +543,33 @@ def _attribute_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+def _texts(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """analysis.diff.text_values as an object array, without a Python step per value when the column is text."""
+    if name not in frame:
+        return np.full(len(frame), None, dtype=object)
+    values = frame[name].to_numpy(dtype=object, na_value=None)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return values
+    return text_values(frame, name).to_numpy(object)
+
+
 def _column(values: list) -> np.ndarray:
     """Numbers as a float array (NaN: missing) when NUMERIC_SHARE of the present values are, else text (None: missing).
 
-    The few non-numbers of a numeric column (`?`, `n/a`) count as missing.
+    The few non-numbers of a numeric column (`?`, `n/a`) count as missing; true/false are text.
     """
-    series = pd.Series(values, dtype=object)
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    kind = pd.api.types.infer_dtype(array, skipna=True)
+    series = pd.Series(array, dtype=object)
     present = series.notna() & (series != "")
-    numeric = pd.to_numeric(series.where(present), errors="coerce")
-    is_bool = series.map(lambda v: isinstance(v, bool))
-    if present.any() and numeric[present].notna().mean() >= NUMERIC_SHARE and not is_bool.any():
-        return numeric.to_numpy(float, na_value=np.nan)
-    return np.array([_scalar_text(v) if ok else None for v, ok in zip(values, present)], dtype=object)
+    if kind not in ("boolean", "mixed") or not series.map(lambda v: isinstance(v, bool)).any():
+        numeric = pd.to_numeric(series.where(present), errors="coerce")
+        if present.any() and numeric[present].notna().mean() >= NUMERIC_SHARE:
+            return numeric.to_numpy(float, na_value=np.nan)
+    if kind == "string":
+        return series.where(present, None).to_numpy(object)
+    return np.array([_scalar_text(v) if ok else None for v, ok in zip(array, present)], dtype=object)
 
 
 def _spread(columns: dict[str, np.ndarray], positions: np.ndarray, n: int) -> dict[str, np.ndarray]:

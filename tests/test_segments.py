@@ -89,11 +89,11 @@ def test_flags_under_the_null_stay_within_alpha_across_worlds():
     """Margin 0 and no segment different: every segment sits on its null, so any flag is a false one."""
     config = CompareConfig(bootstrap_resamples=0, slices=(), segment_accuracy_margin=0.0)
     runs_with_a_flag = 0
-    for seed in range(40):
-        scan = scan_of(classification_world(n=1500, seed=100 + seed), config=config, parts=1)
+    for seed in range(30):
+        scan = scan_of(classification_world(n=1200, seed=100 + seed), config=config, parts=1)
         assert scan.tested > 20
         runs_with_a_flag += scan.flagged > 0
-    assert runs_with_a_flag <= 5  # alpha 0.05 over 40 runs: 2 expected, 5 is beyond 2.5 standard errors
+    assert runs_with_a_flag <= 4  # alpha 0.05 over 30 runs: 1.5 expected, 4 is beyond 2 standard errors
 
 
 def regression_world(n=4000, seed=0, weak_channel=None, factor=1.0):
