@@ -248,3 +248,22 @@ def test_a_column_with_a_few_non_numbers_is_still_binned():
 def test_segment_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         CompareConfig(**{key: value})
+
+
+def test_report_lists_the_weakest_segments_with_their_evidence():
+    from analysis.gate import decide
+    from analysis.report import build_report, render_html
+    from analysis.results import Accounting
+    from steps.config import GateConfig
+
+    frame = classification_world(n=3000, seed=10, weak=lambda x, ch: ch == "partner")
+    frame["custom_attributes"] = frame["custom_attributes"].str.replace("partner", "<b>partner</b>")
+    comparison = compare(frame, CONFIG)
+    report = build_report({"run_id": "r"}, Accounting(3000, 3000, 0), comparison,
+                          decide(comparison, Accounting(3000, 3000, 0), GateConfig()))
+    listed = report["weak_segments"]["listed"]
+    assert listed[0]["name"] == "attr:channel=<b>partner</b>" and listed[0]["flagged"]
+    assert json.dumps(report, allow_nan=False)
+    page = render_html(report)
+    assert "<h2>Weakest segments</h2>" in page and "Benjamini-Hochberg" in page
+    assert "&lt;b&gt;partner" in page and "<b>partner" not in page
