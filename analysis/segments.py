@@ -293,8 +293,9 @@ class SegmentEvidenceBuilder:
         self._sampled = True
         names = dict.fromkeys(name for columns, _ in self._pending for name in columns)
         for name in names:
-            self._features[name].settle([columns[name] for columns, _ in self._pending if name in columns],
-                                        self.settings)
+            if self._features[name].kind is None:  # not already categorical by a later part's text values
+                samples = [columns[name] for columns, _ in self._pending if name in columns]
+                self._features[name].settle(samples, self.settings)
         for columns, outcomes in self._pending:
             for name, values in columns.items():
                 self._features[name].tally(values, outcomes)

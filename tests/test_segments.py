@@ -267,3 +267,36 @@ def test_report_lists_the_weakest_segments_with_their_evidence():
     page = render_html(report)
     assert "<h2>Weakest segments</h2>" in page and "Benjamini-Hochberg" in page
     assert "&lt;b&gt;partner" in page and "<b>partner" not in page
+
+
+def _partition(builder):
+    return {feature.name: sum(int(counts.sum()) for _, counts, _ in
+                              feature.segments(builder._totals, 10, len(builder._patterns)))
+            for feature in builder._features.values()}
+
+
+def test_edges_fixed_from_a_sample_then_later_parts_and_later_kinds_still_partition_the_records(monkeypatch):
+    import analysis.segments as segments
+    monkeypatch.setattr(segments, "SAMPLE_RECORDS", 500)
+    frame = classification_world(n=3000, seed=11)
+    late = frame.index[2500:]
+    frame.loc[late, "input_text"] = [t.replace(",", ",x", 1) for t in frame.loc[late, "input_text"]]  # col_1 text
+    frame.loc[late[:100], "custom_attributes"] = "channel=web;region=eu"  # a key first seen late
+    builder = SegmentEvidenceBuilder(CONFIG)
+    for rows in np.array_split(np.arange(len(frame)), 6):
+        builder.add(frame.iloc[rows])
+    scan = builder.finish("classification")
+    assert set(_partition(builder).values()) == {3000}
+    assert builder._features["col_0"].kind == "numeric" and builder._features["col_1"].kind == "numeric"
+    assert builder._features["attr:region"].kind == "categorical" and scan.tested > 20
+
+
+def test_a_column_numeric_first_and_text_later_within_the_sample_stays_categorical():
+    frame = classification_world(n=1000, seed=12)
+    frame.loc[frame.index[500:], "input_text"] = [f"a{k % 4}," + t.split(",", 1)[1]
+                                                   for k, t in enumerate(frame["input_text"][500:])]
+    builder = SegmentEvidenceBuilder(CONFIG)
+    builder.add(frame.iloc[:500])
+    builder.add(frame.iloc[500:])
+    builder.finish("classification")
+    assert builder._features["col_0"].kind == "categorical" and set(_partition(builder).values()) == {1000}
