@@ -35,6 +35,7 @@ from analysis.diff import (RecordDiff, beyond_noise_of, changed_record, is_missi
                            one_sided_fields, text_values, threshold_crossings, top_change_order)
 from analysis.outputs import canonical_text
 from analysis.results import Comparison, MetricValue
+from analysis.segments import SegmentEvidenceBuilder
 from analysis.slices import SegmentBuilder
 
 Kind = Literal["paired", "per_model", "noise_floor"]
@@ -195,6 +196,7 @@ class Accumulator:
         self._candidate_labelled = self._candidate_scored = False
         self._slices = SegmentBuilder(self.settings.slices, self.settings.min_slice_support) \
             if self.settings.slices else None
+        self._auto_segments = SegmentEvidenceBuilder(config)
 
     def add(self, frame: pd.DataFrame) -> None:
         """The next part's records."""
@@ -237,6 +239,7 @@ class Accumulator:
         self._candidate_scored |= bool(_column(frame, "candidate_score").notna().any())
         if self._slices is not None:
             self._slices.add(frame)
+        self._auto_segments.add(frame)
         self.n += n
 
     def _codes(self, labels: list[str | None], truth: bool = False) -> np.ndarray:
@@ -295,7 +298,8 @@ class Accumulator:
             settings={"confidence": settings.confidence, "bootstrap_resamples": settings.bootstrap_resamples,
                       "seed": settings.seed, "min_slice_support": settings.min_slice_support,
                       "noise_quantile": settings.noise_quantile, "thresholds": list(settings.thresholds),
-                      "positive_label": columns.positive})
+                      "positive_label": columns.positive},
+            segment_scan=self._auto_segments.finish(resolved) if self._auto_segments.settings.auto_segments else None)
 
     def _resolve_task(self) -> Literal["classification", "regression"]:
         """_task over the distinct ground-truth values seen, without keeping them all."""

@@ -56,6 +56,7 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
         "diff": _plain(diff.to_json()) if (diff := getattr(comparison, "diff", None)) is not None else None,
         "segments": [segment.to_json() for segment in getattr(comparison, "segments", ())],
         "distributions": _plain(getattr(comparison, "distributions", {}) or {}),
+        "weak_segments": _plain(scan.to_json()) if (scan := getattr(comparison, "segment_scan", None)) else None,
     }
 
 
@@ -125,6 +126,7 @@ def render_html(report: dict) -> str:
         _score_section(report["score_delta"]),
         _diff_section(report.get("diff")),
         _slices_section(report.get("segments") or [], report["metrics"], report["checks"]),
+        _weak_segments_section(report.get("weak_segments")),
         _statistics_note(report.get("statistics") or {}),
         "</body></html>",
     ]
@@ -185,7 +187,7 @@ def _checks_section(checks: list[dict]) -> str:
                     f'<td>{_e(c["direction"])}</td>'
                     f'<td class=num>{_e(_short(c["threshold"]))}</td><td>{_e(c["severity"])}</td>'
                     f'<td>{_e(c["outcome"])}</td><td class=text>{_e(c["reason"])}</td></tr>')
-    return ("<h2>Checks</h2><table class=wide><tr><th>check</th><th>metric</th><th>judged on</th><th>estimate</th>"
+    return ("<h2>Checks</h2><table class=wide><tr><th>check</th><th>metric</th><th>records judged</th><th>estimate</th>"
             "<th>interval</th><th>direction</th><th>threshold</th><th>severity</th><th>outcome</th><th>reason</th>"
             "</tr>" + "".join(rows) + "</table>")
 
@@ -380,6 +382,40 @@ def _slices_section(segments: list[dict], metrics: list[dict], checks: list[dict
     return ("<h2>Slices</h2><p>Per-model metrics show candidate − production with its interval; flagged slices "
             "credibly miss a slice check after Holm's correction.</p>"
             f"<table><tr><th>slice</th><th>records</th>{head}<th>gate</th></tr>{''.join(rows)}</table>")
+
+
+def _weak_segments_section(scan: dict | None) -> str:
+    """Automatic segments: the flagged and the weakest, with the evidence behind each."""
+    if not scan or not scan["listed"]:
+        return ""
+    judged = scan["margin"] is not None
+    if scan["metric"] == "accuracy":
+        rule = f"accuracy more than {_short(scan['margin'] * 100)} points below production's"
+    elif scan["metric"] == "mae":
+        rule = f"MAE more than {scan['margin']:.0%} above production's"
+    else:
+        rule = None
+    intro = (f"Every input column or field and CustomAttributes key cut into segments: {scan['features']} features, "
+             f"{scan['segments']} segments, {scan['tested']} with enough records tested")
+    if scan["features_skipped"]:
+        intro += f" ({scan['features_skipped']} features past the limit not segmented)"
+    intro += (f". Flagged: credibly {rule} (one-sided test, {scan['correction']} at "
+              f"{_short(scan['alpha'])} over all {scan['tested']}); {scan['flagged']} flagged."
+              if judged else f". No ground truth: {scan['metric']} per segment, for information only.")
+    rows = []
+    for seg in scan["listed"]:
+        quality = (f"{_short(seg['production_quality'])} → {_short(seg['candidate_quality'])}"
+                   if seg["production_quality"] is not None else "—")
+        delta = f"{_short(seg['delta'])} [{_short(seg['ci_low'])}, {_short(seg['ci_high'])}]"
+        rows.append(f'<tr class="{"flagged" if seg["flagged"] else ""}"><td>{_e(seg["feature"])}</td>'
+                    f"<td>{_e(seg['segment'])}</td><td class=num>{seg['support']}</td>"
+                    f"<td class=num>{seg['labelled']}</td><td class=num>{_e(quality)}</td>"
+                    f"<td class=num>{_e(delta)}</td><td class=num>{_e(_short(seg['p']))}</td>"
+                    f"<td class=num>{_e(_short(seg['p_adjusted']))}</td><td>{'flagged' if seg['flagged'] else ''}</td>"
+                    "</tr>")
+    return (f"<h2>Weakest segments</h2><p>{_e(intro)}</p><table><tr><th>feature</th><th>segment</th><th>records</th>"
+            f"<th>records judged</th><th>{_e(scan['metric'])} production → candidate</th><th>delta [interval]</th>"
+            f"<th>p</th><th>adjusted p</th><th></th></tr>{''.join(rows)}</table>")
 
 
 def _slice_cell(metric: dict | None) -> str:

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from analysis.diff import RecordDiff
+from analysis.segments import SegmentScan
 from analysis.slices import Segment
 
 
@@ -66,6 +67,9 @@ class Comparison:
     """The slices and their support."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """confidence, bootstrap_resamples, seed, min_slice_support: what the intervals rest on."""
+    segment_scan: SegmentScan | None = None
+    """Segments of every input feature and CustomAttributes key (compare.auto_segments): the flagged and the
+    weakest; analysis.segments.judge_segments turns it into the gate's segment_quality check."""
 
     def metric(self, name: str, slice: str = "all") -> MetricValue | None:
         return next((m for m in self.metrics if m.name == name and m.slice == slice), None)

@@ -28,6 +28,7 @@ _COLUMNS = [
     "production_hash", "candidate_hash", "tolerant_match", "noise_abs_diff", "ground_truth_label",
 ]
 _SLICE_COLUMNS = {"hour": "inference_time", "attribute": "custom_attributes", "feature": "input_text"}
+_AUTO_SEGMENT_COLUMNS = ("input_text", "custom_attributes")
 _CHANGE_COLUMNS = ["record_id", "input_text", "production_raw", "candidate_raw"]
 # Sorting the record ids spills to disk beyond this, so the sort's memory does not grow with the window
 # (one thread: DuckDB's buffers are per thread, so more cores would otherwise need a larger limit).
@@ -48,7 +49,8 @@ def run(config: Config, run_dir: Path) -> Comparison:
     run_dir = Path(run_dir)
     parts = join.parquet_parts(run_dir / "join" / "records")
     compare_config = config.compare
-    columns = sorted({*_COLUMNS, *(_SLICE_COLUMNS.get(s.by, "input_text") for s in compare_config.slices)})
+    columns = sorted({*_COLUMNS, *(_SLICE_COLUMNS.get(s.by, "input_text") for s in compare_config.slices),
+                      *(_AUTO_SEGMENT_COLUMNS if compare_config.auto_segments else ())})
     schema = pa.schema([join.RECORDS_SCHEMA.field(name) for name in columns])
     accumulator = paired.Accumulator(compare_config, compare_config.task)
     vocabularies = LabelVocabularies()

@@ -156,6 +156,31 @@ class CompareConfig:
     slices: tuple[SliceConfig, ...] = (SliceConfig(name="hour", by="hour"),)
     min_slice_support: int = 30
     """A slice with fewer records is listed but gets no statistics (and is never gated)."""
+    # Automatic segments (analysis.segments): every input column or field and CustomAttributes key.
+    auto_segments: bool = True
+    """Also cut the records by every input column (CSV) or field (JSON) and every CustomAttributes key."""
+    segment_bins: int = 5
+    """Quantile bins of a numeric feature."""
+    segment_top_values: int = 10
+    """Most frequent values of a categorical feature kept as segments; the rest share `other`."""
+    max_segment_features: int = 500
+    """Features segmented at most (the first seen); wider inputs are reported as skipped."""
+    segment_accuracy_margin: float = 0.05
+    """Classification: a segment whose accuracy is credibly more than this below production's is flagged."""
+    segment_mae_margin: float = 0.10
+    """Regression: a segment whose MAE is credibly more than this share above production's is flagged."""
+    segment_alpha: float = 0.05
+    """False-discovery rate (Benjamini-Hochberg) over every segment tested."""
+
+    def __post_init__(self):
+        for key, value, low in (("segment_bins", self.segment_bins, 2), ("segment_top_values", self.segment_top_values, 1),
+                                ("max_segment_features", self.max_segment_features, 0)):
+            if value < low:
+                raise ConfigError("<config>", f"compare.{key}", f"must be {low} or more")
+        for key, value in (("segment_accuracy_margin", self.segment_accuracy_margin),
+                           ("segment_mae_margin", self.segment_mae_margin), ("segment_alpha", self.segment_alpha)):
+            if not 0 <= value < 1:
+                raise ConfigError("<config>", f"compare.{key}", "must be at least 0 and below 1")
 
 
 @dataclasses.dataclass(frozen=True)

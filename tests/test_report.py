@@ -62,7 +62,7 @@ def test_report_json_matches_golden():
     _golden("report.json", json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     assert list(report) == ["report_version", "run", "verdict", "accounting", "checks", "headline", "metrics",
                             "flip_matrix", "score_delta", "has_ground_truth", "task", "statistics", "diff",
-                            "segments", "distributions"]
+                            "segments", "distributions", "weak_segments"]
 
 
 def test_summary_matches_golden():
