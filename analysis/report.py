@@ -14,6 +14,7 @@ from typing import Any
 
 from analysis.gate import Decision
 from analysis.quarantine import REASONS
+from analysis.report_operational import operational_section
 from analysis.results import Accounting, Comparison
 
 REPORT_VERSION = 2
@@ -56,6 +57,7 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
         "diff": _plain(diff.to_json()) if (diff := getattr(comparison, "diff", None)) is not None else None,
         "segments": [segment.to_json() for segment in getattr(comparison, "segments", ())],
         "distributions": _plain(getattr(comparison, "distributions", {}) or {}),
+        "operational": _plain(getattr(comparison, "operational", {}) or {}),
     }
 
 
@@ -125,6 +127,7 @@ def render_html(report: dict) -> str:
         _score_section(report["score_delta"]),
         _diff_section(report.get("diff")),
         _slices_section(report.get("segments") or [], report["metrics"], report["checks"]),
+        operational_section(report.get("operational") or {}, report.get("headline", {}), report["checks"]),
         _statistics_note(report.get("statistics") or {}),
         "</body></html>",
     ]

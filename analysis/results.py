@@ -66,6 +66,8 @@ class Comparison:
     """The slices and their support."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """confidence, bootstrap_resamples, seed, min_slice_support: what the intervals rest on."""
+    operational: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Latency and errors per side, pairing counts, the latency histogram (analysis.operational); {} when unmeasured."""
 
     def metric(self, name: str, slice: str = "all") -> MetricValue | None:
         return next((m for m in self.metrics if m.name == name and m.slice == slice), None)

@@ -7,7 +7,7 @@ from typing import Any
 
 from analysis.gate import Decision
 from analysis.results import Accounting, Comparison
-from steps import compare
+from steps import compare, invocations
 from steps.backends.catalog import Catalog
 
 
@@ -20,6 +20,7 @@ def publish_run(catalog: Catalog, run_dir: Path, run_info: dict[str, Any], accou
     catalog.write_partition("shadow_quarantine", run_id,
                             _parts(run_dir, "prepare", "quarantine") + _parts(run_dir, "join", "quarantine"))
     catalog.write_partition("shadow_metrics", run_id, compare.metrics_frame(comparison, decision, run_id))
+    catalog.write_partition("shadow_invocations", run_id, invocations.parts(run_dir))
     config = run_info["config"]
     capture = config["capture"]
     catalog.write_run({

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from steps.config import ReplayConfig
+from steps.invocations import Measurements
 from steps.model_server import serve_model
 from steps.transformer import TransformJob, TransformJobError, TransformResult, transform
 
@@ -47,13 +49,22 @@ def is_url(model: str) -> bool:
 
 
 def run(plan_group: dict[str, Any], input_dir: str | Path, output_dir: str | Path, model: str,
-        replay: ReplayConfig, log_path: str | Path, side: str) -> TransformResult:
-    """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json."""
+        replay: ReplayConfig, log_path: str | Path, side: str, measure: Measurements | None = None) -> TransformResult:
+    """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json.
+
+    measure, when given, records each invocation and the model server's start time and peak memory.
+    """
     job = transform_job(plan_group, replay)
+    on_invocation = measure.record if measure else None
     if is_url(model):
         log.info("replaying %s through the container at %s", side, model)
-        result = transform(input_dir, output_dir, model, job)
+        result = transform(input_dir, output_dir, model, job, on_invocation=on_invocation)
     else:
+        starting = time.monotonic()
         with serve_model(model, Path(log_path), env=job.container_environment()) as url:
-            result = transform(input_dir, output_dir, url, job)
+            if measure:
+                measure.server_started(url, time.monotonic() - starting)
+            result = transform(input_dir, output_dir, url, job, on_invocation=on_invocation)
+            if measure:
+                measure.server_finishing()
     return dataclasses.replace(result, side=side)
