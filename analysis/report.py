@@ -57,7 +57,8 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
         "diff": _plain(diff.to_json()) if (diff := getattr(comparison, "diff", None)) is not None else None,
         "segments": [segment.to_json() for segment in getattr(comparison, "segments", ())],
         "distributions": _plain(getattr(comparison, "distributions", {}) or {}),
-        "operational": _plain(getattr(comparison, "operational", {}) or {}),
+        # Latency and errors (analysis.operational); left out when the run measured none.
+        **({"operational": _plain(comparison.operational)} if getattr(comparison, "operational", None) else {}),
     }
 
 
