@@ -66,6 +66,12 @@ OPERATIONAL_METRICS: dict[str, MetricSpec] = {
                                        "(slowest replay group)", "per_model", False),
     "server_peak_rss_mb": MetricSpec("peak resident memory of the model server process, MiB (largest group)",
                                      "per_model", False),
+    "transform_duration_ratio": MetricSpec("cloud: candidate / production Batch Transform job duration, groups both "
+                                           "ran", "paired", False),
+    "transform_model_latency_ratio": MetricSpec("cloud: candidate / production mean CloudWatch ModelLatency of the "
+                                                "transform jobs", "paired", False),
+    "transform_error_rate": MetricSpec("cloud: Invocation4XXErrors + Invocation5XXErrors over Invocations of the "
+                                       "transform jobs", "per_model", False),
     **{f"replay_{name}": MetricSpec(f"{spec.description.replace('candidate / production', 'production again / production')}"
                                     " (noise reference)", "noise_floor", None, "value")
        for name, spec in _RATIOS.items()},
@@ -359,3 +365,31 @@ def _scalar(value: Any) -> float | None:
 def _max_of(servers: list[dict[str, Any]], key: str) -> float | None:
     values = [s[key] for s in servers if s.get(key) is not None]
     return max(values) if values else None
+
+
+def transform_job_metrics(jobs: list[dict[str, Any]]) -> list[MetricValue]:
+    """Cloud figures (steps.transform_metrics jobs): candidate against production over the groups both replayed."""
+    by_side = {side: {j["group"]: j for j in jobs if j["side"] == side} for side in ("candidate", "production")}
+    groups = sorted(set(by_side["candidate"]) & set(by_side["production"]))
+    if not groups:
+        return []
+
+    def total(side: str, key: str) -> float | None:
+        values = [by_side[side][g].get(key) for g in groups]
+        return None if any(v is None for v in values) else float(sum(values))
+
+    out = []
+    for name, key in (("transform_duration_ratio", "duration_s"), ("transform_model_latency_ratio",
+                                                                   "model_latency_ms_avg")):
+        candidate, production = total("candidate", key), total("production", key)
+        ratio = candidate / production if candidate is not None and production else None
+        out.append(MetricValue(name, ratio, production=production, candidate=candidate, support=len(groups)))
+    rates = {}
+    for side in ("candidate", "production"):
+        errors = [total(side, "invocation_4xx_errors"), total(side, "invocation_5xx_errors")]
+        calls = total(side, "invocations")
+        rates[side] = sum(errors) / calls if None not in errors and calls else None
+    delta = rates["candidate"] - rates["production"] if None not in rates.values() else None
+    out.append(MetricValue("transform_error_rate", rates["candidate"], production=rates["production"],
+                           candidate=rates["candidate"], delta=delta, support=len(groups)))
+    return out

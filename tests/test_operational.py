@@ -9,7 +9,8 @@ from scipy import stats as scipy_stats
 from analysis import statistics
 from analysis.gate import judge_check
 from analysis.operational import (
-    OPERATIONAL_METRICS, Settings, compare_operational, pair, resample_counts, weighted_quantile,
+    OPERATIONAL_METRICS, Settings, compare_operational, pair, resample_counts, transform_job_metrics,
+    weighted_quantile,
 )
 from steps.config import GateCheck
 
@@ -129,7 +130,14 @@ def test_every_declared_metric_has_a_case():
     servers = [{"side": side, "group": "csv", "start_seconds": start, "peak_rss_bytes": rss, "external": False}
                for side, start, rss in (("candidate", 1.5, 200 * 2**20), ("production", 1.0, 150 * 2**20))]
     metrics = {m.name: m for m in compare_operational(rows, servers, SETTINGS).metrics}
+    jobs = [{"side": side, "group": "csv", "duration_s": seconds, "model_latency_ms_avg": latency,
+             "invocations": 100.0, "invocation_4xx_errors": 0.0, "invocation_5xx_errors": errors}
+            for side, seconds, latency, errors in (("candidate", 300.0, 12.0, 2.0), ("production", 200.0, 8.0, 0.0))]
+    metrics |= {m.name: m for m in transform_job_metrics(jobs)}
     assert set(metrics) == set(OPERATIONAL_METRICS)
+    assert metrics["transform_duration_ratio"].value == pytest.approx(1.5)
+    assert metrics["transform_model_latency_ratio"].value == pytest.approx(1.5)
+    assert metrics["transform_error_rate"].delta == pytest.approx(0.02)
     assert metrics["server_peak_rss_mb"].delta == pytest.approx(50.0)
     assert metrics["server_start_seconds"].value == 1.5
     assert metrics["p50_latency_ratio"].value == pytest.approx(1.1)
