@@ -74,6 +74,7 @@ def test_peak_memory_of_a_live_process_and_of_none():
     assert peak_rss_bytes(2 ** 22 + 12345) is None
 
 
+@pytest.mark.slow  # starts a model server process (loads scikit-learn)
 def test_a_local_model_server_reports_its_start_time_and_peak_memory(tmp_path):
     model = build_model_tar(tmp_path / "model.tar.gz")
     inputs = tmp_path / "input"
