@@ -46,7 +46,8 @@ def _intro(operational: dict[str, Any]) -> str:
         text += "production was not replayed, so nothing is paired. "
     if repeat:
         text += (f"Production's own spread (the noise reference) comes from {repeat['paired']} of its batches "
-                 "replayed again in a fresh server. ")
+                 "replayed again in a fresh server: read a candidate ratio against that one, not against 1 (a "
+                 "production-against-itself ratio far from 1 means the machine's load changed during the run). ")
     if settings:
         text += (f"Intervals: {settings.get('confidence')} paired bootstrap over batches "
                  f"({settings.get('resamples')} resamples, seed {settings.get('seed')}).")
@@ -54,21 +55,26 @@ def _intro(operational: dict[str, Any]) -> str:
 
 
 def _sides_table(sides: dict[str, dict[str, Any]]) -> str:
-    columns = [("invocations", "invocations", _int), ("records", "records_answered", _int)]
-    columns += [(f"p{q} ms", f"p{q}_latency_s", _ms) for q in QUANTILES]
-    columns += [(f"p{q} ms / record", f"p{q}_record_latency_s", _ms) for q in QUANTILES]
-    columns += [("records/s", "throughput_records_per_s", _num), ("error rate", "error_rate", _pct),
+    quantiles = " / ".join(f"p{q}" for q in QUANTILES)
+    columns = [("invocations", "invocations", _int), ("records", "records_answered", _int),
+               (f"ms per batch {quantiles}", "latency", None), (f"ms per record {quantiles}", "record_latency", None),
+               ("records/s", "throughput_records_per_s", _num), ("error rate", "error_rate", _pct),
                 ("timeout rate", "timeout_rate", _pct), ("failed batches", "failed_invocations", _int),
                 ("retries", "retries", _int), ("start s", "server_start_seconds", _num),
                 ("peak RSS MiB", "server_peak_rss_bytes", _mib)]
     head = "".join(f"<th>{_e(title)}</th>" for title, _, _ in columns)
     rows = []
     for side, values in sides.items():
-        cells = "".join(f"<td class=num>{_e(show(values.get(key)))}</td>" for _, key, show in columns)
+        cells = "".join(f"<td class=num>{_e(show(values.get(key)) if show else _quantiles(values, key))}</td>"
+                        for _, key, show in columns)
         rows.append(f"<tr><td>{_e(_LABELS.get(side, side))}</td>{cells}</tr>")
     note = ("<p class=muted>records/s: records per second of invocation time. Start and memory are unknown for a "
             "container given as a URL.</p>")
     return f"<table class=wide><tr><th>side</th>{head}</tr>{''.join(rows)}</table>{note}"
+
+
+def _quantiles(values: dict[str, Any], kind: str) -> str:
+    return " / ".join(_ms(values.get(f"p{q}_{kind}_s")) for q in QUANTILES)
 
 
 def _comparison_table(headline: dict[str, Any]) -> str:
@@ -86,7 +92,7 @@ def _comparison_table(headline: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{_e(name)}</td><td class=num>{_e(_num(m.get('production')))}</td>"
                     f"<td class=num>{_e(_num(m.get('candidate')))}</td><td class=num>{_e(_num(shown))}</td>"
                     f"<td class=interval>{_e(interval)}</td><td class=interval>{_e(reference)}</td>"
-                    f"<td class=num>{m.get('support')}</td></tr>")
+                    f"<td class=num>{m.get('support')}{' servers' if name.startswith('server_') else ''}</td></tr>")
     return ("<h3>Candidate against production</h3><p>Ratios are candidate / production (1 is no change); rates "
             "show candidate − production. The noise reference is the same ratio for production against itself.</p>"
             "<table><tr><th>metric</th><th>production</th><th>candidate</th><th>ratio or delta</th><th>interval</th>"
@@ -113,7 +119,8 @@ def _latency_plot(histogram: dict[str, Any]) -> str:
                    f'points="{" ".join(points)}"><title>{_e(_LABELS.get(side, side))}</title></polyline>')
     svg.append(f'<line x1="{left}" y1="{height}" x2="{width - 10}" y2="{height}" stroke="#999"/>')
     for i in range(0, bins + 1, max(bins // 5, 1)):
-        svg.append(f'<text x="{left + i * step:.1f}" y="{height + 16}" text-anchor="middle">'
+        anchor = "end" if i == bins else "start" if i == 0 else "middle"
+        svg.append(f'<text x="{left + i * step:.1f}" y="{height + 16}" text-anchor="{anchor}">'
                    f"{_e(_ms(edges[i]))} ms</text>")
     svg.append("</svg>")
     legend = "".join(f'<span><i class="swatch" style="background:{_COLOURS.get(side, "#333")}"></i>'
