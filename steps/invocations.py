@@ -52,6 +52,7 @@ class Measurements:
     def __init__(self, side: str, group: str):
         self.side, self.group = side, group
         self.server = ServerStats(side, group, external=True)
+        self._pid: int | None = None
         self._invocations: list[Invocation] = []
         self._lock = threading.Lock()
 
@@ -68,8 +69,7 @@ class Measurements:
 
     def server_finishing(self) -> None:
         """Read the server's peak memory while it still runs (a reaped process has no /proc entry)."""
-        pid = getattr(self, "_pid", None)
-        self.server.peak_rss_bytes = peak_rss_bytes(pid) if pid else None
+        self.server.peak_rss_bytes = peak_rss_bytes(self._pid) if self._pid else None
 
     def rows(self, records_per_line: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """The shadow_invocations rows (without run_id) of what was recorded.
