@@ -2,8 +2,10 @@
 
 JSON document calls (one {"instances": [...]} request per call, replayed SingleRecord) make one
 invocation per captured call, so the injected faults land on a known share of invocations. The
-candidate adds 25 ms to every 20th request it receives (5%) and answers HTTP 500 to every 25th
-(4%, retried); production is clean. Both are contract servers given as URLs.
+candidate adds 200 ms to every 20th request it receives (5%) and answers HTTP 500 to every 25th
+(4%, retried); production is clean. Both are contract servers given as URLs. (20 ms is within this
+shared machine's own tail under load, where production's p99 alone reached 30 ms: the p99 verdict
+would then be noise, which is what the production-against-itself reference shows.)
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from steps.config import config_from_mapping
 
 FILES, CALLS_PER_FILE = 4, 60
 CALLS = FILES * CALLS_PER_FILE
-EXTRA_S = 0.025
+EXTRA_S = 0.2
 SLOW_EVERY, FAIL_EVERY = 20, 25
 
 
