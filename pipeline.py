@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from steps import capture_stats, compare, gate, join, names, prepare, replay, report, safe_files
+from steps import capture_stats, compare, gate, invocations, join, latency_noise, names, prepare, replay, report, \
+    safe_files
 from steps.aws_cli import add_pipeline_commands
 from steps.regate import add_regate_command
 from steps.query import add_query_command, add_views_command
@@ -103,6 +104,8 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
         plan = json.loads((run_dir / "prepare" / "replay-plan.json").read_text())
         for side, model in _replay_sides(config):
             _replay_side(config, run_dir, plan, side, model, run_info["fingerprint"][f"{side}_model"])
+            if side == "production":  # the latency noise reference
+                latency_noise.replay_again(config, run_dir, plan, model)
 
         log.info("run %s: join and compare", run_id)
         joined = join.run(config, run_dir)
@@ -245,10 +248,12 @@ def _replay_side(config: Config, run_dir: Path, plan: dict, side: str, model: st
         if not knobs.get("files"):
             continue
         log.info("replay %s/%s through %s", side, group, model)
+        measure = invocations.Measurements(side, group)
         result = replay.run(knobs, run_dir / "prepare" / "replay-input" / group,
                             run_dir / "replay" / side / group, model, config.replay,
-                            run_dir / "logs" / f"model-server-{side}-{group}.log", side, producer=producer or "",
-                            records_path=getattr(config, side).output.records_path)
+                            run_dir / "logs" / f"model-server-{side}-{group}.log", side, measure,
+                            producer=producer or "", records_path=getattr(config, side).output.records_path)
+        measure.write(run_dir, result)
         results[group] = result.to_json()
     (run_dir / "replay").mkdir(parents=True, exist_ok=True)  # an empty window replays nothing
     (run_dir / "replay" / f"{side}.json").write_text(json.dumps(results, indent=2, sort_keys=True))

@@ -14,6 +14,7 @@ from typing import Any
 
 from analysis.gate import Decision
 from analysis.quarantine import REASONS
+from analysis.report_operational import operational_section
 from analysis.results import Accounting, Comparison
 
 REPORT_VERSION = 2
@@ -57,6 +58,8 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
         "segments": [segment.to_json() for segment in getattr(comparison, "segments", ())],
         "distributions": _plain(getattr(comparison, "distributions", {}) or {}),
         "weak_segments": _plain(scan.to_json()) if (scan := getattr(comparison, "segment_scan", None)) else None,
+        # Latency and errors (analysis.operational); left out when the run measured none.
+        **({"operational": _plain(comparison.operational)} if getattr(comparison, "operational", None) else {}),
     }
 
 
@@ -127,6 +130,7 @@ def render_html(report: dict) -> str:
         _diff_section(report.get("diff")),
         _slices_section(report.get("segments") or [], report["metrics"], report["checks"]),
         _weak_segments_section(report.get("weak_segments")),
+        operational_section(report.get("operational") or {}, report.get("headline", {}), report["checks"]),
         _statistics_note(report.get("statistics") or {}),
         "</body></html>",
     ]

@@ -70,6 +70,8 @@ class Comparison:
     segment_scan: SegmentScan | None = None
     """Segments of every input feature and CustomAttributes key (compare.auto_segments): the flagged and the
     weakest; analysis.segments.judge_segments turns it into the gate's segment_quality check."""
+    operational: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Latency and errors per side, pairing counts, the latency histogram (analysis.operational); {} when unmeasured."""
 
     def metric(self, name: str, slice: str = "all") -> MetricValue | None:
         return next((m for m in self.metrics if m.name == name and m.slice == slice), None)

@@ -16,7 +16,7 @@ from analysis import compare as paired
 from analysis.gate import Decision
 from analysis.ground_truth import LabelVocabularies
 from analysis.results import Comparison
-from steps import join
+from steps import invocations, join
 from steps.config import Config
 
 # What the statistics read, part by part; the record ids only sort the records (in DuckDB) and the
@@ -80,7 +80,7 @@ def run(config: Config, run_dir: Path) -> Comparison:
                 rows[int(position) + offsets[k]] = row
         return pd.DataFrame([rows[int(i)] for i in indices], columns=_CHANGE_COLUMNS)
 
-    return accumulator.finish(order, fetch)
+    return invocations.with_operational(accumulator.finish(order, fetch), config, run_dir)
 
 
 def record_order(parts: list[Path], offsets: list[int], scratch_parent: Path) -> np.ndarray:

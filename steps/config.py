@@ -86,6 +86,8 @@ class ReplayConfig:
     invocation_max_retries: int = 3
     noise_floor: bool = True
     """Also replay the production model through the same path, when production.model is set."""
+    noise_repeat_batches: int = 200
+    """Production batches (whole files, per group) replayed a second time: the latency noise reference; 0: none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +294,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "replay.max_concurrent_transforms": (1, 1000),
     "replay.invocation_timeout_s": (1, 3600),
     "replay.invocation_max_retries": (0, 3),
+    "replay.noise_repeat_batches": (0, 1_000_000),
     "compare.decimals": (0, 15),
     "compare.abs_tolerance": (0, float("inf")),
     "compare.rel_tolerance": (0, float("inf")),

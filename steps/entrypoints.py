@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steps import compare, gate, join, names, prepare, report
+from steps import compare, gate, join, names, prepare, report, transform_metrics
 from steps.publish import publish_run
 from steps.aws_settings import AwsSettings, load_aws_config
 from steps.capture_files import HOUR
@@ -90,6 +90,8 @@ def run_join_compare(args: argparse.Namespace, boto3_session: Any = None, catalo
         config.ground_truth, root=str(truth_root) if truth_root else None))
     joined = join.run(config, run_dir)
     comparison = compare.run(config, run_dir)
+    # --- issue 13 (operational): what the cloud measured of the transform jobs the pipeline names (--transform-job).
+    comparison = transform_metrics.attach(comparison, session, getattr(args, "transform_job", None))
     # The pipeline's Approve or Reject step records the verdict, after the ConditionStep read it.
     decision = gate.run(config, run_dir, comparison, joined.accounting, None, info["candidate_package"],
                         info["status_at_start"], args.run_id)
@@ -254,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--ground-truth-s3-uri", default="")
     j.add_argument("--report-s3-uri", required=True)
     j.add_argument("--tables-s3-uri", required=True)
+    j.add_argument("--transform-job", action="append", default=[], metavar="SIDE:GROUP=NAME",
+                   help="a transform job of the replay, e.g. candidate:csv=<TransformJobName> (repeat per job)")
     g = stage("gate", run_gate, "record the verdict in the Model Registry (compare-and-set)")
     g.add_argument("--verdict", required=True, choices=("Approved", "Rejected"))
     g.add_argument("--report-s3-uri", required=True)

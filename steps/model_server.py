@@ -362,6 +362,12 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(1)
 
 
+class ServerUrl(str):
+    """The base URL serve_model yields; `pid` is the serving process (steps.invocations reads its peak memory)."""
+
+    pid: int | None = None
+
+
 @contextlib.contextmanager
 def serve_model(model: str | Path, log_path: Path, env: dict | None = None, *,
                 execution_parameters: dict | None = None, startup_timeout_s: float = 120.0) -> Iterator[str]:
@@ -386,7 +392,9 @@ def serve_model(model: str | Path, log_path: Path, env: dict | None = None, *,
             try:
                 if _wait_healthy(process, url, startup_timeout_s, log_path):
                     log.info("model server for %s at %s (pid %d, log %s)", model, url, process.pid, log_path)
-                    yield url
+                    served = ServerUrl(url)
+                    served.pid = process.pid
+                    yield served
                     return
                 log.warning("port %d was taken; retrying (%d)", port, attempt + 1)
             finally:

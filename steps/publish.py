@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from analysis.gate import Decision
 from analysis.quarantine import withheld_detail
 from analysis.results import Accounting, Comparison
-from steps import compare
+from steps import compare, invocations
 from steps.backends.catalog import Catalog
 
 
@@ -27,6 +27,7 @@ def publish_run(catalog: Catalog, run_dir: Path, run_info: dict[str, Any], accou
     catalog.write_partition("shadow_quarantine", run_id,
                             quarantine if policy == "keep" else _withholding(quarantine))
     catalog.write_partition("shadow_metrics", run_id, compare.metrics_frame(comparison, decision, run_id))
+    catalog.write_partition("shadow_invocations", run_id, invocations.parts(run_dir))
     config = run_info["config"]
     capture = config["capture"]
     catalog.write_run({

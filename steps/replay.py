@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 from analysis.outputs import DEFAULT_RECORDS_PATH
 from analysis.quarantine import REASONS
 from steps.config import ReplayConfig
+from steps.invocations import Measurements
 from steps.model_server import serve_model
 from steps.transformer import TransformJob, TransformJobError, TransformResult, checkpoint_path, transform
 
@@ -58,19 +60,26 @@ def is_url(model: str) -> bool:
 
 
 def run(plan_group: dict[str, Any], input_dir: str | Path, output_dir: str | Path, model: str,
-        replay: ReplayConfig, log_path: str | Path, side: str, producer: str = "",
-        records_path: str | None = None) -> TransformResult:
+        replay: ReplayConfig, log_path: str | Path, side: str, measure: Measurements | None = None, *,
+        producer: str = "", records_path: str | None = None) -> TransformResult:
     """Transform every replay input file of a group through `model`; the caller writes replay/<side>.json.
 
     `producer` (the model's digest) goes into every checkpoint: an answer by another model is never reused.
+    measure, when given, records each invocation and the model server's start time and peak memory.
     """
     job = transform_job(plan_group, replay, records_path)
+    on_invocation = measure.record if measure else None
     if is_url(model):
         log.info("replaying %s through the container at %s", side, model)
-        result = transform(input_dir, output_dir, model, job, producer=producer)
+        result = transform(input_dir, output_dir, model, job, producer=producer, on_invocation=on_invocation)
     else:
+        starting = time.monotonic()
         with serve_model(model, Path(log_path), env=job.container_environment()) as url:
-            result = transform(input_dir, output_dir, url, job, producer=producer)
+            if measure:
+                measure.server_started(url, time.monotonic() - starting)
+            result = transform(input_dir, output_dir, url, job, producer=producer, on_invocation=on_invocation)
+            if measure:
+                measure.server_finishing()
     return dataclasses.replace(result, side=side)
 
 

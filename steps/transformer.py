@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -189,11 +190,13 @@ class TransformResult:
 
 
 def transform(input_dir: str | Path, output_dir: str | Path, endpoint_url: str, job: TransformJob,
-              resume: bool = True, *, ping_timeout_s: float = 240.0, producer: str = "") -> TransformResult:
+              resume: bool = True, *, ping_timeout_s: float = 240.0, producer: str = "",
+              on_invocation: Callable[[Invocation], None] | None = None) -> TransformResult:
     """Run `job` over every file under input_dir against the container at endpoint_url.
 
     `producer` names what answers (the model's digest); it is kept in each checkpoint beside the input
-    digest, so a resume never takes another model's answers for this one's.
+    digest, so a resume never takes another model's answers for this one's. on_invocation, when given,
+    is called (from the invoking threads) once per mini-batch sent.
     """
     started = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
@@ -204,7 +207,7 @@ def transform(input_dir: str | Path, output_dir: str | Path, endpoint_url: str, 
     container.wait_until_healthy(ping_timeout_s)
     parameters = resolve_execution_parameters(job, container.execution_parameters())
     settings = job.settings(parameters.batch_strategy, parameters.max_payload_mb)
-    invoker = _Invoker(container, job, settings)
+    invoker = _Invoker(container, job, settings, on_invocation)
     done, failed = [], []
     with concurrent.futures.ThreadPoolExecutor(parameters.max_concurrent_transforms,
                                                thread_name_prefix="invoke") as pool:
@@ -295,11 +298,29 @@ class Container:
         return answer if isinstance(answer, dict) else {}
 
 
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """One mini-batch sent to /invocations, with its retries: what steps.invocations stores per call."""
+
+    file: str
+    first_record: int
+    """Index in the file of the batch's first record: with `file`, it names the batch on both sides."""
+    records: int
+    payload_bytes: int
+    attempts: tuple[tuple[float, str], ...]
+    """(wall seconds, outcome) of each attempt: "ok", or a reason of INVOCATION_FAILURES (http_<status>, ...)."""
+    started_at: float
+    """time.time() when the first attempt began."""
+    response_bytes: int | None = None
+
+
 class _Invoker:
     """POST /invocations with retries; counts requests across threads."""
 
-    def __init__(self, container: Container, job: TransformJob, settings: TransformSettings):
+    def __init__(self, container: Container, job: TransformJob, settings: TransformSettings,
+                 on_invocation: Callable[[Invocation], None] | None = None):
         self.container, self.max_retries = container, job.invocation_max_retries
+        self.on_invocation = on_invocation
         self.headers = {key: value for key, value in (("Content-Type", settings.content_type),
                                                       ("Accept", settings.accept)) if value}
         self.invocations = self.retries = 0
@@ -307,13 +328,18 @@ class _Invoker:
 
     def invoke(self, relative: str, batch: MiniBatch) -> bytes:
         where = f"records {batch.first + 1}-{batch.first + batch.count}"
+        attempts: list[tuple[float, str]] = []  # for on_invocation: (seconds, outcome) per attempt
+        started_at = time.time()
         for attempt in range(self.max_retries + 1):
             with self._lock:
                 self.invocations += 1
                 self.retries += attempt > 0
+            began = time.perf_counter()
             try:
                 status, body = self.container.request("POST", "/invocations", batch.body, self.headers)
                 if status == 200:
+                    attempts.append((time.perf_counter() - began, "ok"))
+                    self._observed(relative, batch, attempts, started_at, len(body))
                     return body
                 failure = (f"http_{status}", f"{where}: HTTP {status}: {body[:300].decode('utf-8', 'replace').strip()}")
             except TimeoutError:
@@ -323,12 +349,20 @@ class _Invoker:
                                                  f"{exc.expected} more were announced")
             except (OSError, http.client.HTTPException) as exc:
                 failure = ("connection_error", f"{where}: {type(exc).__name__}: {exc}")
+            attempts.append((time.perf_counter() - began, failure[0]))
             # The detail (kept in the result) may quote the container's answer; the log names only the failure.
             log.warning("%s: %s: attempt %d of %d failed: %s", relative, where, attempt + 1, self.max_retries + 1,
                         failure[0])
             if attempt < self.max_retries:
                 time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        self._observed(relative, batch, attempts, started_at, None)
         raise InvocationError(*failure)
+
+    def _observed(self, relative: str, batch: MiniBatch, attempts: list[tuple[float, str]], started_at: float,
+                  response_bytes: int | None) -> None:
+        if self.on_invocation is not None:
+            self.on_invocation(Invocation(relative, batch.first, batch.count, len(batch.body), tuple(attempts),
+                                          started_at, response_bytes))
 
 
 @dataclasses.dataclass

@@ -66,8 +66,6 @@ def catalog(tmp_path_factory):
          "reason": reason, "detail": f"d{i}"}
         for i, (stage, reason) in enumerate([("capture", "malformed_json"), ("capture", "malformed_json"),
                                              ("replay", "replay_file_failed")])]))
-    catalog.write_partition("shadow_metrics", "r1", _metrics([("accuracy", "all", 0.80, None, None, True)]))
-    catalog.write_partition("shadow_metrics", "r2", _metrics([("accuracy", "all", 0.90, None, None, True)]))
     catalog.write_partition("shadow_metrics", "r3", _metrics([
         ("accuracy", "all", 0.95, 0.01, 0.03, True),
         ("accuracy", "hour=09", 0.70, -0.20, -0.10, False),   # failed its check
@@ -76,8 +74,34 @@ def catalog(tmp_path_factory):
         ("accuracy", "hour=12", 0.90, -0.05, 0.02, None),     # worse, but the interval holds zero
         ("label_agreement", "country=DE", 0.80, None, None, False),  # failed, no 'all' row for it
     ]))
+    for run_id, accuracy, p99, ratio, errors in (("r1", 0.80, 0.010, 1.0, 0.0), ("r2", 0.90, 0.030, 3.0, 0.02)):
+        catalog.write_partition("shadow_metrics", run_id, pd.concat([
+            _metrics([("accuracy", "all", accuracy, None, None, True)]), _operational_metrics(p99, ratio, errors)]))
+        catalog.write_partition("shadow_invocations", run_id, _invocations(run_id, 3 if run_id == "r1" else 4))
     catalog.refresh()
     return catalog
+
+
+def _operational_metrics(candidate_p99: float, ratio: float, error_rate: float) -> pd.DataFrame:
+    rows = [("p99_record_latency_ratio", ratio, candidate_p99 / ratio, candidate_p99, ratio - 0.5, ratio + 0.5),
+            ("p50_record_latency_ratio", 1.0, 0.001, 0.001, 0.9, 1.1),
+            ("replay_p99_record_latency_ratio", 1.02, 0.01, 0.0102, 0.9, 1.2),
+            ("error_rate", error_rate, 0.0, error_rate, None, None)]
+    return pd.DataFrame([{"metric": m, "slice": "all", "value": v, "production": p, "candidate": c,
+                          "delta": None, "ci_low": lo, "ci_high": hi, "support": 40, "threshold": None,
+                          "passed": None} for m, v, p, c, lo, hi in rows])
+
+
+def _invocations(run_id: str, batches: int) -> pd.DataFrame:
+    rows = []
+    for side in ("candidate", "production"):
+        for i in range(batches):
+            row = dict.fromkeys(SCHEMAS["shadow_invocations"].names)
+            row.update(side=side, replay_group="csv", replay_file="a.csv", first_line=1 + 10 * i, lines=10,
+                       records=10, attempts=1, retries=0, errors=0, timeouts=0, outcome="ok", http_status=200,
+                       latency_s=0.01, started_at=pd.Timestamp("2025-03-01T12:00:00Z"))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SCHEMAS["shadow_invocations"].names)
 
 
 def _rows(catalog: LocalCatalog, sql: str) -> list[list]:
@@ -90,7 +114,8 @@ def test_every_sql_file_is_one_declared_view():
     names = sorted(p.name for p in SQL_DIR.glob("*.sql"))
     assert [name.split("_", 1)[1].removesuffix(".sql") for name in names] == list(VIEWS)
     assert set(VIEWS) == {"shadow_latest_runs", "shadow_label_flips", "shadow_label_flip_records",
-                          "shadow_quarantine_by_reason", "shadow_metric_trend", "shadow_slice_regressions"}
+                          "shadow_quarantine_by_reason", "shadow_metric_trend", "shadow_slice_regressions",
+                          "shadow_latency_trend"}
 
 
 def test_latest_run_per_package_with_group_and_version(catalog):
@@ -144,6 +169,16 @@ def test_metric_trend_follows_package_versions(catalog):
     # Each slice trends on its own: r3's hour slices have no earlier run.
     assert _rows(catalog, "SELECT count(*) FROM shadow_metric_trend WHERE slice <> 'all' "
                           "AND previous_run_id IS NOT NULL") == [[0]]
+
+
+def test_latency_trend_follows_package_versions(catalog):
+    assert _rows(catalog, "SELECT run_id, package_group, package_version, candidate_invocations, candidate_records, "
+                          "candidate_p99_record_latency_s, p99_record_latency_ratio, noise_p99_record_latency_ratio, "
+                          "candidate_error_rate, previous_run_id, round(p99_change_from_previous, 6) "
+                          "FROM shadow_latency_trend ORDER BY run_id") == [
+        ["r1", "fraud", 1, 3, 30, 0.010, 1.0, 1.02, 0.0, None, None],
+        ["r2", "fraud", 2, 4, 40, 0.030, 3.0, 1.02, 0.02, "r1", 3.0],
+    ]
 
 
 def test_slice_regressions_are_failed_checks_or_intervals_below_zero(catalog):

@@ -73,6 +73,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("candidate", pa.float64()), ("delta", pa.float64()), ("ci_low", pa.float64()),
         ("ci_high", pa.float64()), ("support", pa.int64()), ("threshold", pa.float64()), ("passed", pa.bool_()),
     ]),
+    "shadow_invocations": pa.schema([
+        ("side", pa.string()), ("replay_group", pa.string()), ("replay_file", pa.string()),
+        ("first_line", pa.int32()), ("lines", pa.int32()), ("records", pa.int32()), ("payload_bytes", pa.int64()),
+        ("response_bytes", pa.int64()), ("attempts", pa.int32()), ("retries", pa.int32()), ("errors", pa.int32()),
+        ("timeouts", pa.int32()), ("http_status", pa.int32()), ("outcome", pa.string()), ("latency_s", pa.float64()),
+        ("latency_per_record_s", pa.float64()), ("elapsed_s", pa.float64()), ("started_at", _TS),
+    ]),
     "shadow_runs": pa.schema([
         ("run_id", pa.string()), ("started_at", _TS), ("finished_at", _TS), ("endpoint", pa.string()),
         ("variant", pa.string()), ("window_start", _TS), ("window_end", _TS),
@@ -82,7 +89,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
 }
 """Column order and types of each table, without the run_id partition column."""
-PARTITIONED = ("shadow_records", "shadow_quarantine", "shadow_metrics")
+PARTITIONED = ("shadow_records", "shadow_quarantine", "shadow_metrics", "shadow_invocations")
 VIEW_FILE = re.compile(r"^[0-9]{2}_(?P<view>shadow_[a-z_]+)\.sql$")
 VIEWS = tuple(VIEW_FILE.match(p.name)["view"] for p in sorted(SQL_DIR.glob("*.sql")) if VIEW_FILE.match(p.name))
 """The analyst views, in creation order (one file each in sql/)."""
