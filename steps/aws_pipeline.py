@@ -17,6 +17,7 @@ long as the environment opts out of telemetry (docs/aws.md).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -54,7 +55,7 @@ def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> 
         "WindowEnd": ParameterString("WindowEnd", default_value=_iso(config.capture.window_end)),
         "GroundTruthS3Uri": ParameterString("GroundTruthS3Uri", default_value=_s3_or_empty(config.ground_truth.root)),
         "OutputS3Uri": ParameterString("OutputS3Uri", default_value=settings.output_s3_uri),
-        "ConfigS3Uri": ParameterString("ConfigS3Uri", default_value=config_uri(settings)),
+        "ConfigS3Uri": ParameterString("ConfigS3Uri", default_value=config_uri(config)),
         "ProcessingInstanceType": ParameterString("ProcessingInstanceType",
                                                   default_value=settings.processing_instance_type),
         "TransformInstanceType": ParameterString("TransformInstanceType",
@@ -91,9 +92,16 @@ def pipeline_session(settings: AwsSettings) -> Any:
     return PipelineSession(boto_session=boto_session, default_bucket=settings.bucket)
 
 
-def config_uri(settings: AwsSettings) -> str:
-    """Where `pipeline upsert` puts the config file the Processing jobs read."""
-    return settings.uri("config", "shadow-eval.yaml")
+def config_uri(config: Config) -> str:
+    """Where `pipeline upsert` puts the config the Processing jobs read: `config/<digest>/shadow-eval.yaml`.
+
+    Keyed by content, so an upsert that fails after the upload leaves the deployed pipeline reading
+    the config it was built from, never a newer one.
+    """
+    from steps.config import to_mapping
+
+    digest = hashlib.sha256(json.dumps(to_mapping(config), sort_keys=True).encode()).hexdigest()[:16]
+    return config.aws.uri("config", digest, "shadow-eval.yaml")
 
 
 class _Builder:
