@@ -15,7 +15,7 @@ from steps.config import AwsSettings
 
 log = logging.getLogger(__name__)
 
-_ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/([^:@]+)")
+_ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)")
 
 
 class ModelAccessError(ValueError):
@@ -82,12 +82,22 @@ def check_access(containers: list[dict[str, Any]], settings: AwsSettings, what: 
                 raise ModelAccessError(
                     f"{what}: artifact {data} is in bucket {bucket}, which aws.model_artifact_buckets does not "
                     f"list; add it there and to the stack's ModelArtifactBuckets so the ModelRole can read it")
-        match = _ECR_IMAGE.match(container.get("Image", ""))
-        if match and settings.model_image_repositories and match.group(1) not in settings.model_image_repositories:
+        repository = image_repository_arn(container.get("Image", ""))
+        if repository and settings.model_image_repositories and repository not in settings.model_image_repositories:
             raise ModelAccessError(
-                f"{what}: image {container['Image']} is in ECR repository {match.group(1)}, which "
+                f"{what}: image {container['Image']} is in ECR repository {repository}, which "
                 f"aws.model_image_repositories does not list; add it there and to the stack's "
-                f"ModelImageRepositories so the ModelRole can pull it")
+                f"ModelImageRepositoryArns so the ModelRole can pull it")
+
+
+def image_repository_arn(image: str) -> str:
+    """The ECR repository ARN of an image URI, or "" for an image not in ECR."""
+    match = _ECR_IMAGE.match(image)
+    if not match:
+        return ""
+    account, region, name = match.groups()
+    partition = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+    return f"arn:{partition}:ecr:{region}:{account}:repository/{name}"
 
 
 def _create_once(sagemaker: Any, request: dict[str, Any], settings: AwsSettings) -> None:

@@ -237,7 +237,7 @@ class AwsSettings:
     model_artifact_buckets: tuple[str, ...] = ()
     """Buckets holding candidate/production model artifacts (ModelDataUrl); the ModelRole may read only these."""
     model_image_repositories: tuple[str, ...] = ()
-    """ECR repositories of the models' inference images; the ModelRole may pull only these."""
+    """ECR repository ARNs of the models' inference images; the ModelRole may pull only these."""
     pending_packages: Literal["newest", "each"] = "newest"
     """A run started with no CandidatePackageArn (the schedule) evaluates the newest package still
     PendingManualApproval in registry.group, or starts one execution for each of them."""

@@ -76,6 +76,10 @@ def containers():
 
 @pytest.fixture
 def account(aws):
+    return make_account(aws)
+
+
+def make_account(aws):
     """What infra/shadow-eval.yaml creates beside the buckets, the package group and the production endpoint."""
     aws.client("glue").create_database(DatabaseInput={"Name": "shadow_eval"})
     aws.client("athena").create_work_group(Name="shadow-eval", Configuration={
@@ -83,7 +87,8 @@ def account(aws):
     sagemaker = aws.client("sagemaker")
     sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
     sagemaker.create_model(ModelName="churn-prod-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/prod",
-                           PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:1"})
+                           PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:1",
+                                             "ModelDataUrl": "s3://model-artifacts/churn-1.tar.gz"})
     sagemaker.create_endpoint_config(EndpointConfigName="churn-prod-config", ProductionVariants=[{
         "VariantName": "AllTraffic", "ModelName": "churn-prod-model", "InstanceType": "ml.m5.large",
         "InitialInstanceCount": 1}])
@@ -93,6 +98,10 @@ def account(aws):
 
 @pytest.fixture
 def root(tmp_path, aws_config_path):
+    return make_root(tmp_path, aws_config_path)
+
+
+def make_root(tmp_path, aws_config_path):
     """A Processing root whose config replays all three text groups and gates on label agreement."""
     text = aws_config_path.read_text().replace("replay_groups: [csv, json]", "replay_groups: [csv, jsonlines, json]")
     text += ("gate:\n  min_records: 4\n  checks:\n    - metric: label_agreement\n      threshold: 0.95\n")
@@ -105,7 +114,8 @@ def root(tmp_path, aws_config_path):
 def _register(aws) -> str:
     return aws.client("sagemaker").create_model_package(
         ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
-        InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:2"}],
+        InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/churn:2",
+                                                "ModelDataUrl": "s3://model-artifacts/churn-2.tar.gz"}],
                                 "SupportedContentTypes": ["text/csv"], "SupportedResponseMIMETypes": ["text/csv"]},
     )["ModelPackageArn"]
 

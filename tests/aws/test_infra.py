@@ -6,11 +6,14 @@ from pathlib import Path
 import pytest
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "shadow-eval.yaml"
-# AWS grants these on no narrower resource than "*".
+# AWS grants these on no narrower resource than "*" (Service Authorization Reference: no resource type),
+# and each is on "*" only with a condition or in a statement only VPC jobs get (test_iam checks UseVpc).
 STAR_RESOURCE_ALLOWED = {"ecr:GetAuthorizationToken", "ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission",
                          "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
                          "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
-                         "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"}
+                         "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
+                         "sagemaker:ListModelPackages",  # Prepare finds the pending packages of the group
+                         "cloudwatch:PutMetricData"}     # conditioned on the /aws/sagemaker/* namespaces
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_roles_match_the_settings_they_fill(template):
     outputs = template["Outputs"]
     assert {k: v["Description"] for k, v in outputs.items()} == {
         "JobRoleArn": "aws.role_arn", "PipelineRoleArn": "aws.pipeline_role_arn",
-        "EventsRoleArn": "aws.events_role_arn", "DatabaseName": "tables.database",
+        "EventsRoleArn": "aws.events_role_arn", "ModelRoleArn": "aws.model_role_arn", "DatabaseName": "tables.database",
         "AthenaWorkGroupName": "aws.athena_workgroup"}
     trust = template["Resources"]["EventsRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
     assert sorted(trust["Principal"]["Service"]) == ["events.amazonaws.com", "scheduler.amazonaws.com"]
