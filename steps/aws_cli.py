@@ -79,7 +79,11 @@ def put_triggers(config_path: str | Path, boto3_session: Any = None) -> dict[str
     sagemaker = session.client("sagemaker")
     try:
         pipeline_arn = sagemaker.describe_pipeline(PipelineName=settings.pipeline_name)["PipelineArn"]
-    except sagemaker.exceptions.ResourceNotFound:
+    except sagemaker.exceptions.ClientError as exc:
+        # SageMaker answers ResourceNotFound; moto a ValidationException "Could not find pipeline".
+        error = exc.response["Error"]
+        if error["Code"] != "ResourceNotFound" and "Could not find" not in error.get("Message", ""):
+            raise
         raise ValueError(f"pipeline {settings.pipeline_name} does not exist: run `shadow-eval pipeline upsert` "
                          "first") from None
     events, scheduler = session.client("events"), session.client("scheduler")

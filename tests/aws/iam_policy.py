@@ -212,8 +212,24 @@ def needs(service: str, operation: str, params: dict, settings: Any) -> list[Nee
         if operation == "DescribeEndpointConfig":
             return [need("sagemaker:DescribeEndpointConfig",
                          f"{sm}:endpoint-config/{lower(params['EndpointConfigName'])}")]
-        if operation in ("StartPipelineExecution", "DescribePipeline", "CreatePipeline", "UpdatePipeline"):
+        if operation in ("StartPipelineExecution", "DescribePipeline"):
             return [need(f"sagemaker:{operation}", f"{sm}:pipeline/{lower(params['PipelineName'])}")]
+        if operation in ("CreatePipeline", "UpdatePipeline"):
+            return [need(f"sagemaker:{operation}", f"{sm}:pipeline/{lower(params['PipelineName'])}"),
+                    need("iam:PassRole", params["RoleArn"], **{"iam:PassedToService": "sagemaker.amazonaws.com"})]
+    if service == "iam" and operation == "GetRole":
+        return [need("iam:GetRole", f"arn:{PARTITION}:iam::{ACCOUNT}:role/{params['RoleName']}")]
+    if service in ("events", "eventbridge"):
+        rule = f"arn:{PARTITION}:events:{REGION}:{ACCOUNT}:rule/{params.get('Rule') or params.get('Name')}"
+        passed = [need("iam:PassRole", t["RoleArn"], **{"iam:PassedToService": "events.amazonaws.com"})
+                  for t in params.get("Targets", []) if "RoleArn" in t]
+        return [need(f"events:{operation}", rule), *passed]
+    if service == "scheduler":
+        schedule = f"arn:{PARTITION}:scheduler:{REGION}:{ACCOUNT}:schedule/default/{params['Name']}"
+        target = params.get("Target", {})
+        passed = [need("iam:PassRole", target["RoleArn"], **{"iam:PassedToService": "scheduler.amazonaws.com"})] \
+            if "RoleArn" in target else []
+        return [need(f"scheduler:{operation}", schedule), *passed]
     if service == "glue":
         if operation == "GetDatabase":
             return [need("glue:GetDatabase", f"{glue}:catalog"), need("glue:GetDatabase", f"{glue}:database/{params['Name']}")]
