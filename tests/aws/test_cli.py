@@ -216,9 +216,9 @@ def test_the_deployer_permissions_docs_list_are_exactly_what_the_commands_use(ac
         aws_cli.put_triggers(aws_config_path, account)
         aws_cli.start(aws_config_path, {}, account)
     used = {n.action for c in calls for n in needs(c.service, c.operation, c.params, settings)}
-    block = DOCS.read_text().split("<!-- deployer-actions -->")[1]
+    block = DOCS.read_text().split("<!-- deployer-actions -->")[1].split("<!-- /deployer-actions -->")[0]
     documented = set(re.findall(r"`([a-z0-9-]+:[A-Za-z]+)`", block))
-    assert used == documented
+    assert used == documented, (sorted(used - documented), sorted(documented - used))
 
 
 def test_package_event_pattern_routes_only_pending_packages_of_the_group(account):
