@@ -65,9 +65,11 @@ SERVICE_SIDE = {
 VPC_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
                "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs",
                "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"}
+_ENI_WRITES = {"ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface"}
 for _role, _sid in (("JobRole", "VpcJobs"), ("ModelRole", "VpcModels")):
-    SERVICE_SIDE.update({(_role, _sid, a): "the job's network interfaces in aws.subnets (UseVpc=true)"
-                         for a in VPC_ACTIONS})
+    for _action in VPC_ACTIONS:
+        _key = (_role, _sid + ("Interfaces" if _action in _ENI_WRITES else ""), _action)
+        SERVICE_SIDE[_key] = "the job's network interfaces in aws.subnets (UseVpc=true)"
 
 
 def stack_parameters(settings) -> dict[str, str]:
@@ -171,6 +173,7 @@ def test_the_roles_are_the_ones_the_config_names(stack, aws_config):
         (settings.role_arn, settings.pipeline_role_arn, settings.events_role_arn, settings.model_role_arn)
 
 
+@pytest.mark.slow
 def test_every_call_the_jobs_make_is_allowed_to_the_job_role(stack, job_calls, aws_config):
     _, settings = aws_config
     wanted = [n for c in job_calls for n in needs(c.service, c.operation, c.params, settings)]
@@ -270,6 +273,7 @@ def service_calls(aws_config, stack):
     return service_needs(json.loads(get_pipeline(config, settings).definition()), settings, stack)
 
 
+@pytest.mark.slow
 def test_what_the_services_do_for_us_is_allowed(stack, service_calls):
     assert {role: _denied(stack[role], wanted) for role, wanted in service_calls.items()} == \
         {role: [] for role in service_calls}
@@ -280,6 +284,7 @@ def test_what_the_services_do_for_us_is_allowed(stack, service_calls):
     assert model.allowing(Need("ecr:BatchGetImage", "arn:aws:ecr:us-east-1:123456789012:repository/churn"))
 
 
+@pytest.mark.slow
 def test_no_grant_is_unused_without_the_call_that_needs_it(stack, job_calls, service_calls, aws_config):
     _, settings = aws_config
     wanted = {role: list(needs_) for role, needs_ in service_calls.items()}
