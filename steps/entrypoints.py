@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steps import aws_models, compare, gate, join, prepare, report
+from steps import aws_claims, aws_models, compare, gate, join, prepare, report
 from steps.publish import publish_run
 from steps.aws_settings import AwsSettings, load_aws_config
 from steps.capture_files import HOUR
@@ -63,13 +63,26 @@ def run_prepare(args: argparse.Namespace, boto3_session: Any = None) -> dict[str
     if package_arn:
         package = sagemaker.describe_model_package(ModelPackageName=package_arn)
         status = package["ModelApprovalStatus"]
-        reason = claim(session.client("s3"), settings, package_arn, status, start, end, args.run_id)
+        reason = aws_claims.claim(session.client("s3"), settings, package_arn, status, start, end, args.run_id)
     info = {"run_id": args.run_id, "started_at": _now(), "candidate_package": package_arn or None,
             "status_at_start": status, "window_start": _iso(start), "window_end": _iso(end)}
     if reason:
         log.info("prepare: nothing to evaluate: %s", reason)
         return _write_prepared(root, info, {"route": "skip", "reason": reason, "candidate_package": package_arn})
 
+    try:
+        return _prepare_window(args, root, config, settings, session, sagemaker, package, start, end, info)
+    except BaseException:
+        # A failed Prepare must not leave its claim behind: the next execution would skip the package.
+        aws_claims.release(session.client("s3"), settings, package_arn, status, start, end, args.run_id)
+        raise
+
+
+def _prepare_window(args: argparse.Namespace, root: Path, config: Config, settings: AwsSettings, session: Any,
+                    sagemaker: Any, package: dict[str, Any], start: dt.datetime, end: dt.datetime,
+                    info: dict[str, Any]) -> dict[str, Any]:
+    """Download the window, prepare the replay input, create the replay Models; write models.json."""
+    package_arn = package["ModelPackageArn"]
     capture_root = root / "work" / "capture"
     local = capture_root / args.endpoint / args.variant
     local.mkdir(parents=True, exist_ok=True)  # an empty window is an empty folder, not a missing one
@@ -130,33 +143,6 @@ def start_evaluation(sagemaker: Any, settings: AwsSettings, args: argparse.Names
         PipelineExecutionDescription=f"shadow-eval of {package_arn} (started by execution {args.run_id})",
         PipelineParameters=[{"Name": k, "Value": v} for k, v in sorted(params.items())])
     return response["PipelineExecutionArn"]
-
-
-def claim(s3: Any, settings: AwsSettings, package_arn: str, status: str, start: dt.datetime, end: dt.datetime,
-          run_id: str) -> str:
-    """Claim the evaluation of (package, status, window) with a conditional put; "" if ours, else why not.
-
-    SageMaker may deliver one state change more than once, each starting an execution; the first to
-    write the marker evaluates, the others end as a no-op that names it. A retried Prepare finds its
-    own marker and goes on.
-    """
-    package_path = package_arn.split(":model-package/", 1)[-1]  # <group>/<version>
-    key_uri = settings.uri("markers", package_path, f"{status}-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.json")
-    bucket, _, key = key_uri[len("s3://"):].partition("/")
-    body = json.dumps({"run_id": run_id, "package": package_arn, "status": status}).encode()
-    encryption = ({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": settings.kms_key_id}
-                  if settings.kms_key_id else {})
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **encryption)
-        return ""
-    except s3.exceptions.ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise
-    owner = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["run_id"]
-    if owner == run_id:
-        return ""
-    return (f"execution {owner} already evaluates {package_arn} ({status}) over this window "
-            f"(marker {key_uri}); this duplicate does nothing")
 
 
 def run_join_compare(args: argparse.Namespace, boto3_session: Any = None, catalog: Any = None) -> dict[str, Any]:

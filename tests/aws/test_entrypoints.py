@@ -180,6 +180,30 @@ def test_a_duplicate_event_is_a_no_op_that_names_the_first_execution(aws, root, 
     assert not [name for name in models if "second" in name]
 
 
+def test_a_production_image_outside_the_listed_repositories_fails_prepare_with_the_fix(aws, root, package):
+    sagemaker = aws.client("sagemaker")
+    sagemaker.create_model(ModelName="churn-prod-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/prod-own",
+                           PrimaryContainer={"Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sklearn:1.2"})
+    sagemaker.create_endpoint_config(EndpointConfigName="churn-prod-config", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "churn-prod-model", "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": 1}])
+    sagemaker.create_endpoint(EndpointName="churn-prod", EndpointConfigName="churn-prod-config")
+    _put_capture(aws, at(10, 5), ["1,2"], "b")
+    with pytest.raises(entrypoints.aws_models.ModelAccessError,
+                       match="arn:aws:ecr:us-east-1:683313688378:repository/sklearn, which aws.model_image_rep"):
+        entrypoints.run_prepare(_prepare_args(root, package), aws)
+    # The failed Prepare released its claim: a later execution over this window is not taken for a duplicate.
+    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket="example-shadow-eval", Prefix="shadow-eval/markers/")
+    assert entrypoints.main(["prepare", *_argv(root, package)]) == 1  # a clear error, not a traceback
+
+
+def _argv(root, package: str) -> list[str]:
+    return ["--root", str(root), "--run-id", "exec9", "--capture-s3-uri", CAPTURE, "--endpoint", "churn-prod",
+            "--variant", "AllTraffic", "--window-start", "2024-01-19T10:00:00Z", "--window-end",
+            "2024-01-19T11:00:00Z", "--candidate-package-arn", package, "--candidate-model-name", "m-c",
+            "--production-model-name", "m-p"]
+
+
 def test_a_model_the_model_role_cannot_read_fails_prepare_with_the_fix(aws, root, tmp_path):
     aws.client("sagemaker").create_model_package_group(ModelPackageGroupName=GROUP)
     elsewhere = _register(aws, data="s3://someone-elses-bucket/model.tar.gz")

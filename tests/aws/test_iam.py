@@ -140,7 +140,16 @@ def job_calls(tmp_path_factory, aws_config_path, aws_config):
             config_file.write_text(config_file.read_text().replace("\naws:\n", "\naws:\n  pending_packages: each\n"))
             chain._prepare(aws, each, "exec4", "")
             assert second
-        # 5. Ground truth is fetched as capture is (download_hours); moto lists hours, so a bounded window.
+            # 5. A model the ModelRole could not read: Prepare fails and releases its claim.
+            elsewhere = aws.client("sagemaker").create_model_package(
+                ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved",
+                InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                                                        "ModelDataUrl": "s3://elsewhere/m.tar.gz"}],
+                                        "SupportedContentTypes": ["text/csv"],
+                                        "SupportedResponseMIMETypes": ["text/csv"]})["ModelPackageArn"]
+            with pytest.raises(entrypoints.aws_models.ModelAccessError):
+                chain._prepare(aws, chain.make_root(tmp / "e", aws_config_path), "exec5", elsewhere)
+        # 6. Ground truth is fetched as capture is (download_hours); moto lists hours, so a bounded window.
         aws.client("s3").put_object(Bucket="example-label-bucket", Key="ground-truth/churn-prod/2024/01/19/10/a.jsonl",
                                     Body=b"{}\n")
         with recording(aws) as made:
