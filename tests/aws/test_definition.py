@@ -52,7 +52,37 @@ def test_definition_opens_no_socket(built):
     assert built["attempts"] == []
 
 
+CONFIG_DIGEST = "<digest of the config>"
+
+
+def _pinned(definition: dict) -> dict:
+    """The definition with the config's content digest (in ConfigS3Uri's default) replaced by a placeholder.
+
+    The digest changes with any config default anywhere; test_config_uri_is_content_addressed pins it.
+    """
+    pinned = copy.deepcopy(definition)
+    for parameter in pinned["Parameters"]:
+        if parameter["Name"] == "ConfigS3Uri":
+            prefix, digest, name = parameter["DefaultValue"].rsplit("/", 2)
+            parameter["DefaultValue"] = "/".join([prefix, CONFIG_DIGEST, name])
+    return pinned
+
+
+def test_config_uri_is_content_addressed(definition, aws_config):
+    import dataclasses
+
+    from steps.aws_pipeline import config_uri
+
+    config, settings = aws_config
+    (default,) = [p["DefaultValue"] for p in definition["Parameters"] if p["Name"] == "ConfigS3Uri"]
+    assert default == config_uri(config)
+    assert default.startswith(f"{settings.output_s3_uri}/config/") and default.endswith("/shadow-eval.yaml")
+    changed = dataclasses.replace(config, replay=dataclasses.replace(config.replay, max_payload_mb=5))
+    assert config_uri(changed) != default and config_uri(dataclasses.replace(config)) == default
+
+
 def test_definition_matches_golden_file(definition):
+    definition = _pinned(definition)
     text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
     if os.environ.get("SHADOW_EVAL_REGENERATE_GOLDEN") == "1":
         GOLDEN.write_text(text, encoding="utf-8")
