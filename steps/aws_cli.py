@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from steps.aws_pipeline import config_uri, get_pipeline, pipeline_session
+from steps.aws_pipeline import config_uri, get_pipeline
 from steps.aws_settings import AwsSettings, load_aws_config
 from steps.config import Config
 

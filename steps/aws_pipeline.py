@@ -10,7 +10,7 @@
            Rejected          ─▶ Reject* ─▶ Rejected* (FailStep)
            Inconclusive      ─▶ KeepPending* ─▶ Inconclusive* (FailStep)
 
-The tail is built twice because SageMaker Pipelines cannot rejoin after a ConditionStep: a step
+The tail is built once per branch because SageMaker Pipelines cannot rejoin after a ConditionStep: a step
 that depends on a step in the branch not taken never runs (aws/sagemaker-python-sdk#3565).
 `get_pipeline` builds; it never creates, starts or describes anything, and opens no socket as
 long as the environment opts out of telemetry (docs/aws.md).
