@@ -34,6 +34,7 @@ browser:
 
 test: $(VENV)/.full browser
 	$(BIN)/lint-imports
+	$(BIN)/python tests/aws/lint_iam.py
 	$(BIN)/python -m pytest $(ARGS)
 
 # `shadow-eval pipeline ...` needs the AWS extras.

@@ -1,17 +1,23 @@
 """The SageMaker Pipeline: the local stages as Processing jobs, the replay as Batch Transform jobs.
 
-    Prepare ─▶ ReplayCandidate-<group> ─▶ ReplayProductionSwitch
-                                          ├ true:  ReplayProduction-<group> ─▶ JoinCompareWithProduction ─▶ GateWithProduction
-                                          └ false: JoinCompare ─▶ Gate
-    Gate*: approved >= 1 ─▶ Approve*            else ─▶ Reject* ─▶ Rejected* (FailStep)
+    Prepare ─▶ Route (models.json route)
+      replay:    ReplayCandidate-<group> ─▶ ReplayProductionSwitch
+                   ├ noise floor: ReplayProduction-<group> ─▶ JoinCompareWithProduction ─▶ GateWithProduction
+                   └ else:        JoinCompare ─▶ Gate
+      no-replay: NothingToReplay ─▶ JoinCompareNoReplay ─▶ GateNoReplay    (ends Inconclusive)
+      skip:      nothing (no package pending, or a duplicate event): the execution Succeeds
+    Gate*: decision Approved ─▶ Approve*
+           Rejected          ─▶ Reject* ─▶ Rejected* (FailStep)
+           Inconclusive      ─▶ KeepPending* ─▶ Inconclusive* (FailStep)
 
-The tail is built twice because SageMaker Pipelines cannot rejoin after a ConditionStep: a step
+The tail is built once per branch because SageMaker Pipelines cannot rejoin after a ConditionStep: a step
 that depends on a step in the branch not taken never runs (aws/sagemaker-python-sdk#3565).
 `get_pipeline` builds; it never creates, starts or describes anything, and opens no socket as
 long as the environment opts out of telemetry (docs/aws.md).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -49,7 +55,7 @@ def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> 
         "WindowEnd": ParameterString("WindowEnd", default_value=_iso(config.capture.window_end)),
         "GroundTruthS3Uri": ParameterString("GroundTruthS3Uri", default_value=_s3_or_empty(config.ground_truth.root)),
         "OutputS3Uri": ParameterString("OutputS3Uri", default_value=settings.output_s3_uri),
-        "ConfigS3Uri": ParameterString("ConfigS3Uri", default_value=config_uri(settings)),
+        "ConfigS3Uri": ParameterString("ConfigS3Uri", default_value=config_uri(config)),
         "ProcessingInstanceType": ParameterString("ProcessingInstanceType",
                                                   default_value=settings.processing_instance_type),
         "TransformInstanceType": ParameterString("TransformInstanceType",
@@ -62,8 +68,9 @@ def get_pipeline(config: Config, settings: AwsSettings, session: Any = None) -> 
     production = [builder.replay(prepare, "production", group) for group in replay_groups(settings, config)]
     switch = builder.switch(production, builder.tail("WithProduction", candidate + production),
                             builder.tail("", candidate))
+    route = builder.route([*candidate, switch], builder.tail("NoReplay", []))
     return Pipeline(name=settings.pipeline_name, parameters=list(params.values()),
-                    steps=[prepare, *candidate, switch], sagemaker_session=session)
+                    steps=[prepare, route], sagemaker_session=session)
 
 
 def sdk_environment(settings: AwsSettings) -> None:
@@ -85,9 +92,16 @@ def pipeline_session(settings: AwsSettings) -> Any:
     return PipelineSession(boto_session=boto_session, default_bucket=settings.bucket)
 
 
-def config_uri(settings: AwsSettings) -> str:
-    """Where `pipeline upsert` puts the config file the Processing jobs read."""
-    return settings.uri("config", "shadow-eval.yaml")
+def config_uri(config: Config) -> str:
+    """Where `pipeline upsert` puts the config the Processing jobs read: `config/<digest>/shadow-eval.yaml`.
+
+    Keyed by content, so an upsert that fails after the upload leaves the deployed pipeline reading
+    the config it was built from, never a newer one.
+    """
+    from steps.config import to_mapping
+
+    digest = hashlib.sha256(json.dumps(to_mapping(config), sort_keys=True).encode()).hexdigest()[:16]
+    return config.aws.uri("config", digest, "shadow-eval.yaml")
 
 
 class _Builder:
@@ -100,6 +114,8 @@ class _Builder:
 
         self.candidate_model = Join(on="-", values=["shadow-eval", run_id, "candidate"])
         """Model name Prepare creates; a pipeline expression, so definition() never calls DescribeModel."""
+        self.production_model = Join(on="-", values=["shadow-eval", run_id, "production"])
+        """The production model's copy Prepare creates under the ModelRole (when the endpoint has one)."""
         self.models_file = self._property_file("PreparedModels", "run", "models.json")
 
     def run_uri(self, *parts: str) -> Any:
@@ -119,22 +135,20 @@ class _Builder:
                        "--capture-s3-uri", p["CaptureS3Uri"], "--endpoint", p["ProductionEndpoint"],
                        "--variant", p["ProductionVariant"], "--window-start", p["WindowStart"],
                        "--window-end", p["WindowEnd"], "--candidate-package-arn", p["CandidatePackageArn"],
-                       "--candidate-model-name", self.candidate_model],
+                       "--candidate-model-name", self.candidate_model,
+                       "--production-model-name", self.production_model],
             kms_key=self.settings.kms_key_id)
         return ProcessingStep(name="Prepare", step_args=args, property_files=[self.models_file],
-                              description="Read the capture window; write replay input and records; create the "
-                                          "candidate Model from its package")
+                              description="Pick the package (the newest pending one when none is given), read "
+                                          "the capture window, create the candidate and production replay Models")
 
     def replay(self, prepare: Any, side: str, group: str) -> Any:
         from sagemaker.core.transformer import Transformer
-        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.core.workflow.functions import Join
         from sagemaker.mlops.workflow.steps import TransformStep
 
         knobs = group_knobs(group, self.config)
-        if side == "candidate":
-            model_name = self.candidate_model
-        else:
-            model_name = JsonGet(step_name=prepare.name, property_file=self.models_file, json_path="production_model")
+        model_name = self.candidate_model if side == "candidate" else self.production_model
         prepared = prepare.properties.ProcessingOutputConfig.Outputs["prepare"].S3Output.S3Uri
         replay = self.config.replay
         transformer = Transformer(
@@ -158,32 +172,46 @@ class _Builder:
         return TransformStep(name=f"Replay{title}-{_GROUP_STEP[group]}", step_args=args,
                              description=f"Replay the {group} records through the {side} model")
 
+    def route(self, replay: list, no_replay: list) -> Any:
+        """Branch on Prepare's models.json route: replay, no-replay (straight to JoinCompare) or skip."""
+        from sagemaker.core.workflow.conditions import ConditionEquals
+        from sagemaker.mlops.workflow.condition_step import ConditionStep
+
+        route = self._prepared("route")
+        nothing = ConditionStep(name="NothingToReplay", conditions=[ConditionEquals(left=route, right="no-replay")],
+                                if_steps=no_replay, else_steps=[],
+                                description="No record to replay: JoinCompare alone (Inconclusive); else the "
+                                            "run was skipped (models.json reason: no package pending, duplicate)")
+        return ConditionStep(name="Route", conditions=[ConditionEquals(left=route, right="replay")],
+                             if_steps=replay, else_steps=[nothing],
+                             description="Replay when Prepare created the Models (models.json route)")
+
     def switch(self, production: list, with_production: list, candidate_only: list) -> Any:
         from sagemaker.core.workflow.conditions import ConditionEquals
         from sagemaker.mlops.workflow.condition_step import ConditionStep
 
         return ConditionStep(name="ReplayProductionSwitch",
-                             conditions=[ConditionEquals(left=self.params["ReplayProduction"], right=True)],
+                             conditions=[ConditionEquals(left=self.params["ReplayProduction"], right=True),
+                                         ConditionEquals(left=self._prepared("production_replay"), right=1)],
                              if_steps=[*production, *with_production], else_steps=candidate_only,
-                             description="Replay production too (the noise floor) when ReplayProduction is true")
+                             description="Replay production too (the noise floor) when ReplayProduction is true "
+                                         "and Prepare found the endpoint's model")
 
     def tail(self, suffix: str, replays: list) -> list:
-        """JoinCompare and Gate for one branch of the switch; step names carry the suffix."""
-        from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+        """JoinCompare and Gate for one branch; step names carry the suffix (no replays: NoReplay)."""
+        from sagemaker.core.workflow.conditions import ConditionEquals
         from sagemaker.core.workflow.functions import Join, JsonGet
         from sagemaker.mlops.workflow.condition_step import ConditionStep
-        from sagemaker.mlops.workflow.fail_step import FailStep
         from sagemaker.mlops.workflow.steps import ProcessingStep
 
         p = self.params
         evaluation = self._property_file(f"Evaluation{suffix}", "report", "evaluation.json")
         inputs = [self._input("config", p["ConfigS3Uri"]),
                   self._input("prepare", self.run_uri("prepare", "")),
-                  self._input("run", self.run_uri("run", "")),
-                  self._input("replay/candidate", self.run_uri("replay", "candidate", ""))]
-        if suffix:
-            inputs.append(self._input("replay/production",
-                                      self.run_uri("replay", "production", "")))
+                  self._input("run", self.run_uri("run", ""))]
+        sides = ("candidate", "production") if suffix == "WithProduction" else ("candidate",) if replays else ()
+        for side in sides:
+            inputs.append(self._input(f"replay/{side}", self.run_uri("replay", side, "")))
         join_args = self._processor().run(
             inputs=inputs, outputs=[self._output("join", "join"), self._output("report", "report")],
             arguments=["join-compare", "--run-id", self.run_id, "--ground-truth-s3-uri", p["GroundTruthS3Uri"],
@@ -191,31 +219,50 @@ class _Builder:
                        "--tables-s3-uri", Join(on="/", values=[p["OutputS3Uri"], "tables"])],
             kms_key=self.settings.kms_key_id)
         join_compare = ProcessingStep(name=f"JoinCompare{suffix}", step_args=join_args, property_files=[evaluation],
-                                      depends_on=replays,
+                                      depends_on=replays or None,
                                       description="Join both answers, compare, write tables, report, evaluation.json")
-
-        def verdict_step(status: str) -> Any:
-            args = self._processor().run(
-                inputs=[self._input("config", p["ConfigS3Uri"]),
-                        self._input("run", self.run_uri("run", "")),
-                        self._input("report", self.run_uri("report", ""))],
-                arguments=["gate", "--run-id", self.run_id, "--verdict", status,
-                           "--report-s3-uri", self.run_uri("report", "report.html")],
-                kms_key=self.settings.kms_key_id)
-            name = "Approve" if status == "Approved" else "Reject"
-            return ProcessingStep(name=f"{name}{suffix}", step_args=args,
-                                  description=f"Set {status} in the Model Registry (compare-and-set)")
-
-        reject = verdict_step("Rejected")
-        failed = FailStep(name=f"Rejected{suffix}", depends_on=[reject],
-                          error_message=Join(on=" ", values=[
-                              "shadow-eval rejected", p["CandidatePackageArn"], "- see report/summary.md below",
-                              p["OutputS3Uri"], "runs", self.run_id]))
-        approved = JsonGet(step_name=join_compare.name, property_file=evaluation, json_path="approved")
-        gate = ConditionStep(name=f"Gate{suffix}", conditions=[ConditionGreaterThanOrEqualTo(left=approved, right=1)],
-                             if_steps=[verdict_step("Approved")], else_steps=[reject, failed],
-                             description="Approve when evaluation.json says approved, else reject and fail")
+        decision = JsonGet(step_name=join_compare.name, property_file=evaluation, json_path="decision")
+        rejected = ConditionStep(
+            name=f"IsRejected{suffix}", conditions=[ConditionEquals(left=decision, right="Rejected")],
+            if_steps=self._verdict("Rejected", suffix), else_steps=self._verdict("Inconclusive", suffix),
+            description="Rejected: record it and fail; otherwise Inconclusive: keep the package pending and fail")
+        gate = ConditionStep(name=f"Gate{suffix}", conditions=[ConditionEquals(left=decision, right="Approved")],
+                             if_steps=self._verdict("Approved", suffix), else_steps=[rejected],
+                             description="Branch on evaluation.json decision (Approved, Rejected, Inconclusive)")
         return [join_compare, gate]
+
+    def _verdict(self, status: str, suffix: str) -> list:
+        """The step recording `status` in the Model Registry, then (unless Approved) the FailStep naming it."""
+        from sagemaker.core.workflow.functions import Join
+        from sagemaker.mlops.workflow.fail_step import FailStep
+        from sagemaker.mlops.workflow.steps import ProcessingStep
+
+        p = self.params
+        args = self._processor().run(
+            inputs=[self._input("config", p["ConfigS3Uri"]),
+                    self._input("run", self.run_uri("run", "")),
+                    self._input("report", self.run_uri("report", ""))],
+            arguments=["gate", "--run-id", self.run_id, "--verdict", status,
+                       "--report-s3-uri", self.run_uri("report", "report.html")],
+            kms_key=self.settings.kms_key_id)
+        name = {"Approved": "Approve", "Rejected": "Reject", "Inconclusive": "KeepPending"}[status]
+        what = {"Approved": "Set Approved in the Model Registry (compare-and-set)",
+                "Rejected": "Set Rejected in the Model Registry (compare-and-set)",
+                "Inconclusive": "Keep the package PendingManualApproval; record why in its description"}[status]
+        record = ProcessingStep(name=f"{name}{suffix}", step_args=args, description=what)
+        if status == "Approved":
+            return [record]
+        # FailureReason starts "<status>:"; the report's summary.md says why.
+        message = Join(on=" ", values=[f"{status}:", self._prepared("candidate_package"),
+                                       "- see report/summary.md in the run folder", p["OutputS3Uri"], "runs",
+                                       self.run_id])
+        return [record, FailStep(name=f"{status}{suffix}", depends_on=[record], error_message=message)]
+
+    def _prepared(self, key: str) -> Any:
+        """A field of Prepare's models.json."""
+        from sagemaker.core.workflow.functions import JsonGet
+
+        return JsonGet(step_name="Prepare", property_file=self.models_file, json_path=key)
 
     def _processor(self) -> Any:
         from sagemaker.core.network import NetworkConfig

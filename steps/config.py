@@ -263,6 +263,15 @@ class AwsSettings:
     trigger_on_new_package: bool = True
     """Start a run when a package in registry.group is registered as PendingManualApproval."""
     athena_workgroup: str = "shadow-eval"
+    model_role_arn: str | None = None
+    """Role the candidate and production replay Models run under (the stack's ModelRole); None uses role_arn."""
+    model_artifact_buckets: tuple[str, ...] = ()
+    """Buckets holding candidate/production model artifacts (ModelDataUrl); the ModelRole may read only these."""
+    model_image_repositories: tuple[str, ...] = ()
+    """ECR repository ARNs of the models' inference images; the ModelRole may pull only these."""
+    pending_packages: Literal["newest", "each"] = "newest"
+    """A run started with no CandidatePackageArn (the schedule) evaluates the newest package still
+    PendingManualApproval in registry.group, or starts one execution for each of them."""
 
     @property
     def bucket(self) -> str:
@@ -391,7 +400,7 @@ def _check_aws(settings: AwsSettings, config: Config, source: str) -> None:
     for key in ("output_s3_uri",):
         if not _S3_URI.fullmatch(getattr(settings, key)):
             raise ConfigError(source, f"aws.{key}", f"{getattr(settings, key)!r} is not an s3://bucket/prefix URI")
-    for key in ("role_arn", "pipeline_role_arn", "events_role_arn"):
+    for key in ("role_arn", "pipeline_role_arn", "events_role_arn", "model_role_arn"):
         value = getattr(settings, key)
         if value is not None and not _ROLE_ARN.fullmatch(value):
             raise ConfigError(source, f"aws.{key}", f"{value!r} is not an IAM role ARN")

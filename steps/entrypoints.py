@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import shutil
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steps import compare, gate, join, names, prepare, report, transform_metrics
+from steps import aws_claims, aws_models, compare, gate, join, names, prepare, report, transform_metrics
 from steps.publish import publish_run
 from steps.aws_settings import AwsSettings, load_aws_config
 from steps.capture_files import HOUR
@@ -26,6 +27,7 @@ log = logging.getLogger("shadow_eval.entrypoints")
 
 PROCESSING_ROOT = "/opt/ml/processing"
 DEFAULT_WINDOW = dt.timedelta(hours=24)
+PENDING = "PendingManualApproval"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,40 +35,114 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = _parser().parse_args(argv)
-    args.stage(args)
+    try:
+        args.stage(args)
+    except aws_models.ModelAccessError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
-def run_prepare(args: argparse.Namespace, boto3_session: Any = None) -> Path:
-    """Download the capture window, run prepare, create the candidate Model; returns the run folder."""
+def run_prepare(args: argparse.Namespace, boto3_session: Any = None) -> dict[str, Any]:
+    """Pick the package, read the capture window, create the replay Models; returns models.json's content.
+
+    models.json `route` tells the pipeline what follows: "replay" (Transform jobs, then JoinCompare),
+    "no-replay" (no record to replay: JoinCompare alone, which ends Inconclusive) or "skip" (no package
+    to evaluate, or another execution already evaluates it; `reason` says which).
+    """
     root = Path(args.root)
     config, settings = _config(root)
     session = boto3_session or _boto3(settings)
     end = parse_utc(args.window_end) if args.window_end else _hour(dt.datetime.now(dt.timezone.utc))
     start = parse_utc(args.window_start) if args.window_start else end - DEFAULT_WINDOW
+    sagemaker = session.client("sagemaker")
+    package_arn, reason = args.candidate_package_arn, ""
+    if not package_arn:
+        package_arn, reason = _scheduled_package(sagemaker, args, config, settings, start, end)
+    package = status = None
+    if package_arn:
+        package = sagemaker.describe_model_package(ModelPackageName=package_arn)
+        status = package["ModelApprovalStatus"]
+        reason = aws_claims.claim(session.client("s3"), settings, package_arn, status, start, end, args.run_id)
+    info = {"run_id": args.run_id, "started_at": _now(), "candidate_package": package_arn or None,
+            "status_at_start": status, "window_start": _iso(start), "window_end": _iso(end)}
+    if reason:
+        log.info("prepare: nothing to evaluate: %s", reason)
+        return _write_prepared(root, info, {"route": "skip", "reason": reason, "candidate_package": package_arn})
+
+    try:
+        return _prepare_window(args, root, config, settings, session, sagemaker, package, start, end, info)
+    except BaseException:
+        # A failed Prepare must not leave its claim behind: the next execution would skip the package.
+        aws_claims.release(session.client("s3"), settings, package_arn, status, start, end, args.run_id)
+        raise
+
+
+def _prepare_window(args: argparse.Namespace, root: Path, config: Config, settings: AwsSettings, session: Any,
+                    sagemaker: Any, package: dict[str, Any], start: dt.datetime, end: dt.datetime,
+                    info: dict[str, Any]) -> dict[str, Any]:
+    """Download the window, prepare the replay input, create the replay Models; write models.json."""
+    package_arn = package["ModelPackageArn"]
     capture_root = root / "work" / "capture"
+    local = capture_root / args.endpoint / args.variant
+    local.mkdir(parents=True, exist_ok=True)  # an empty window is an empty folder, not a missing one
     fetched = download_hours(session.client("s3"), f"{args.capture_s3_uri.rstrip('/')}/{args.endpoint}/{args.variant}",
-                             capture_root / args.endpoint / args.variant, start - HOUR, end)
+                             local, start - HOUR, end)
     log.info("prepare: %d capture objects in [%s, %s)", fetched, start, end)
     config = dataclasses.replace(config, capture=dataclasses.replace(
         config.capture, root=str(capture_root), endpoint=args.endpoint, variant=args.variant,
         window_start=start, window_end=end))
-    run_dir = _run_dir(root, args.run_id)
-    sagemaker = session.client("sagemaker")
-    status = None
-    if args.candidate_package_arn:
-        status = sagemaker.describe_model_package(ModelPackageName=args.candidate_package_arn)["ModelApprovalStatus"]
-        create_candidate_model(sagemaker, args.candidate_model_name, args.candidate_package_arn, settings)
-    prepared = prepare.run(config, run_dir)
-    _move(run_dir / "prepare", root / "output" / "prepare")
-    info = {"run_id": args.run_id, "started_at": _now(), "candidate_package": args.candidate_package_arn or None,
-            "status_at_start": status, "candidate_model": args.candidate_model_name,
-            "prepare": prepared.to_json(), "config": to_mapping(config)}
-    models = {"candidate_model": args.candidate_model_name,
-              "production_model": production_model(sagemaker, args.endpoint, args.variant)}
-    _write_json(root / "output" / "run" / "run.json", info)
+    prepared = prepare.run(config, _run_dir(root, args.run_id))
+    _move(_run_dir(root, args.run_id) / "prepare", root / "output" / "prepare")
+    models = {"route": "no-replay", "reason": "no captured records to replay in the window",
+              "candidate_package": package_arn, "candidate_model": "", "production_model": "",
+              "production_replay": 0}
+    if prepared.prepared:
+        aws_models.create_candidate_model(sagemaker, args.candidate_model_name, package, settings)
+        production = aws_models.create_production_model(sagemaker, args.production_model_name, args.endpoint,
+                                                        args.variant, settings)
+        models.update(route="replay", reason="", candidate_model=args.candidate_model_name,
+                      production_model=production, production_replay=int(bool(production)))
+    info.update(candidate_model=models["candidate_model"], production_model=models["production_model"],
+                prepare=prepared.to_json(), config=to_mapping(config))
+    return _write_prepared(root, info, models)
+
+
+def _write_prepared(root: Path, info: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
+    (root / "output" / "prepare").mkdir(parents=True, exist_ok=True)  # Processing uploads the folder even if empty
+    _write_json(root / "output" / "run" / "run.json", {**info, "route": models["route"], "reason": models["reason"]})
     _write_json(root / "output" / "run" / "models.json", models)
-    return run_dir
+    return models
+
+
+def _scheduled_package(sagemaker: Any, args: argparse.Namespace, config: Config, settings: AwsSettings,
+                       start: dt.datetime, end: dt.datetime) -> tuple[str, str]:
+    """(package to evaluate, "") or ("", why not) for a run started without CandidatePackageArn."""
+    from steps.backends.registry_sagemaker import pending_packages
+
+    group = config.registry.group
+    pending = pending_packages(sagemaker, group)
+    if not pending:
+        return "", f"no package in {group} is PendingManualApproval"
+    if settings.pending_packages == "newest":
+        log.info("prepare: %d package(s) pending in %s; evaluating the newest, %s", len(pending), group, pending[0])
+        return pending[0], ""
+    started = [start_evaluation(sagemaker, settings, args, arn, start, end) for arn in pending]
+    return "", f"started one execution for each of the {len(started)} pending package(s): {', '.join(started)}"
+
+
+def start_evaluation(sagemaker: Any, settings: AwsSettings, args: argparse.Namespace, package_arn: str,
+                     start: dt.datetime, end: dt.datetime) -> str:
+    """Start an execution for one package over this window; a retried step starts no second one."""
+    token = hashlib.sha256(f"{args.run_id} {package_arn}".encode()).hexdigest()[:64]
+    params = {"CandidatePackageArn": package_arn, "WindowStart": _iso(start), "WindowEnd": _iso(end),
+              "CaptureS3Uri": args.capture_s3_uri, "ProductionEndpoint": args.endpoint,
+              "ProductionVariant": args.variant}
+    response = sagemaker.start_pipeline_execution(
+        PipelineName=settings.pipeline_name, ClientRequestToken=token,
+        PipelineExecutionDescription=f"shadow-eval of {package_arn} (started by execution {args.run_id})",
+        PipelineParameters=[{"Name": k, "Value": v} for k, v in sorted(params.items())])
+    return response["PipelineExecutionArn"]
 
 
 def run_join_compare(args: argparse.Namespace, boto3_session: Any = None, catalog: Any = None) -> dict[str, Any]:
@@ -121,10 +197,37 @@ def run_gate(args: argparse.Namespace, boto3_session: Any = None, registry: Any 
         return {"package_id": None, "updated": False}
     registry = registry or SageMakerRegistry((boto3_session or _boto3(settings)).client("sagemaker"))
     summary = (root / "input" / "report" / "summary.md").read_text(encoding="utf-8")
-    outcome = gate.record_verdict(registry, package, info["status_at_start"], args.verdict, summary, args.run_id,
-                                  args.report_s3_uri)
+    if args.verdict == "Inconclusive":
+        outcome = record_inconclusive(registry, package, info["status_at_start"], summary, args.run_id,
+                                      args.report_s3_uri)
+    else:
+        outcome = gate.record_verdict(registry, package, info["status_at_start"], args.verdict, summary,
+                                      args.run_id, args.report_s3_uri)
     log.info("gate: %s", outcome)
     return outcome
+
+
+def record_inconclusive(registry: Any, package: str, status_at_start: str | None, summary: str, run_id: str,
+                        report_uri: str) -> dict[str, Any]:
+    """Keep the package PendingManualApproval; its description and metadata say why no verdict was given.
+
+    Compare-and-set as for a verdict: a package someone decided on while the run went on is left alone.
+    """
+    from steps.backends.registry import DESCRIPTION_LIMIT
+
+    base = {"package_id": package, "status_at_start": status_at_start}
+    if status_at_start != PENDING:
+        now = registry.describe(package).status
+        return {**base, "status_now": now, "updated": False,
+                "note": f"status at start was {status_at_start}, not {PENDING}; registry untouched"}
+    description = summary if len(summary) <= DESCRIPTION_LIMIT else summary[:DESCRIPTION_LIMIT - 1] + "…"
+    metadata = {"shadow_eval_run_id": run_id, "shadow_eval_decision": "Inconclusive",
+                "shadow_eval_report": report_uri}
+    if registry.set_status(package, PENDING, PENDING, description, run_id, metadata):
+        return {**base, "status_now": PENDING, "updated": True, "note": "Inconclusive: left pending, reasons recorded"}
+    now = registry.describe(package).status
+    return {**base, "status_now": now, "updated": False,
+            "note": f"status changed from {PENDING} to {now} since the run began; left alone"}
 
 
 # ---------------------------------------------------------------- AWS pieces the stages need
@@ -145,35 +248,6 @@ def download_hours(s3: Any, prefix_uri: str, target: Path, start: dt.datetime, e
                 count += 1
         hour += HOUR
     return count
-
-
-def create_candidate_model(sagemaker: Any, model_name: str, package_arn: str, settings: AwsSettings) -> None:
-    """CreateModel from the registry package (SDK v3 has no step for it); a retry finds it made."""
-    request: dict[str, Any] = {"ModelName": model_name, "ExecutionRoleArn": settings.role_arn,
-                               "Containers": [{"ModelPackageName": package_arn}],
-                               "EnableNetworkIsolation": settings.enable_network_isolation}
-    if settings.subnets:
-        request["VpcConfig"] = {"Subnets": list(settings.subnets), "SecurityGroupIds": list(settings.security_group_ids)}
-    try:
-        sagemaker.describe_model(ModelName=model_name)
-        log.info("prepare: model %s exists (a retried step)", model_name)
-        return
-    except sagemaker.exceptions.ClientError:
-        pass
-    sagemaker.create_model(**request)
-    log.info("prepare: created model %s from %s", model_name, package_arn)
-
-
-def production_model(sagemaker: Any, endpoint: str, variant: str) -> str:
-    """The model behind an endpoint variant, or "" when it cannot be found (ReplayProduction then fails)."""
-    try:
-        config_name = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-        variants = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-    except sagemaker.exceptions.ClientError as exc:
-        log.warning("prepare: cannot resolve the production model of %s/%s: %s", endpoint, variant, exc)
-        return ""
-    names = [v.get("ModelName", "") for v in variants if v["VariantName"] == variant]
-    return names[0] if names else ""
 
 
 # ---------------------------------------------------------------- folders and arguments
@@ -229,6 +303,10 @@ def _hour(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -245,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     p = stage("prepare", run_prepare, "capture window -> replay input, records, candidate Model")
-    for name in ("--capture-s3-uri", "--candidate-model-name"):
+    for name in ("--capture-s3-uri", "--candidate-model-name", "--production-model-name"):
         p.add_argument(name, required=True)
     p.add_argument("--endpoint", required=True, type=names.argument("endpoint"))
     p.add_argument("--variant", required=True, type=names.argument("variant"))
@@ -259,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--transform-job", action="append", default=[], metavar="SIDE:GROUP=NAME",
                    help="a transform job of the replay, e.g. candidate:csv=<TransformJobName> (repeat per job)")
     g = stage("gate", run_gate, "record the verdict in the Model Registry (compare-and-set)")
-    g.add_argument("--verdict", required=True, choices=("Approved", "Rejected"))
+    g.add_argument("--verdict", required=True, choices=("Approved", "Rejected", "Inconclusive"))
     g.add_argument("--report-s3-uri", required=True)
     return parser
 

@@ -133,14 +133,16 @@ class _FakeSageMaker:
 
 @pytest.mark.parametrize("isolated", [True, False])
 def test_the_candidate_model_gets_network_isolation_and_the_vpc(isolated):
-    from steps.entrypoints import create_candidate_model
+    from steps.aws_models import create_candidate_model
 
     settings = AwsSettings(region="us-east-1", role_arn="arn:aws:iam::123456789012:role/jobs",
                            output_s3_uri="s3://bucket/prefix", image_uri="img", kms_key_id=KMS,
                            subnets=("subnet-1",), security_group_ids=("sg-1",), enable_network_isolation=isolated)
     client = _FakeSageMaker()
-    create_candidate_model(client, "shadow-eval-x", "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1",
-                           settings)
+    create_candidate_model(client, "shadow-eval-x", {
+        "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1",
+        "InferenceSpecification": {"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/c:1"}]}},
+        settings)
     (request,) = client.created
     assert request["EnableNetworkIsolation"] is isolated
     assert request["VpcConfig"] == {"Subnets": ["subnet-1"], "SecurityGroupIds": ["sg-1"]}

@@ -126,6 +126,16 @@ class SageMakerRegistry:
         return [self.describe(arn) for arn in arns]
 
 
+def pending_packages(sagemaker_client: Any, group: str) -> list[str]:
+    """ARNs of the group's packages still PendingManualApproval, newest first (what a scheduled run evaluates)."""
+    arns: list[str] = []
+    paginator = sagemaker_client.get_paginator("list_model_packages")
+    for page in paginator.paginate(ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
+                                   SortBy="CreationTime", SortOrder="Descending"):
+        arns += [item["ModelPackageArn"] for item in page["ModelPackageSummaryList"]]
+    return arns
+
+
 def _manual(info: PackageInfo) -> bool:
     """Whether the package's decision was not written by a shadow-eval run (its description says who)."""
     note = parse_transition_note(info.description)

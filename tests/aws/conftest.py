@@ -1,4 +1,6 @@
-"""AWS-path tests: fake credentials, telemetry opt-out and no IAM validation, set before sagemaker loads.
+"""AWS-path tests: fake credentials and the telemetry opt-out, set before sagemaker loads.
+
+The SDK's role validation stays on: the CLI tests create the stack's roles in moto IAM (test_cli.py).
 
 These run in CI (the CI lock includes the AWS packages); when CI=true a missing SDK is an error,
 not a skip, so the cloud path cannot silently stop being tested.
@@ -13,8 +15,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SDK_CONFIG = HERE / "sagemaker-offline.yaml"
 
-# Set before anything imports sagemaker: v3 creates a boto3 client at import (needs a region), reads
-# its defaults config once per Session (telemetry opt-out), and validates roles on upsert.
+# Set before anything imports sagemaker: v3 creates a boto3 client at import (needs a region) and reads
+# its defaults config once per Session (telemetry opt-out).
 os.environ.update({
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_ACCESS_KEY_ID": "testing",
@@ -22,9 +24,8 @@ os.environ.update({
     "AWS_SECURITY_TOKEN": "testing",
     "AWS_SESSION_TOKEN": "testing",
     "SAGEMAKER_USER_CONFIG_OVERRIDE": str(SDK_CONFIG),
-    "SAGEMAKER_VALIDATE_ROLE": "false",
 })
-for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "SAGEMAKER_VALIDATE_ROLE"):
     os.environ.pop(name, None)
 
 _REQUIRED = ("sagemaker.mlops", "boto3", "moto", "awswrangler", "jsonschema")

@@ -52,7 +52,37 @@ def test_definition_opens_no_socket(built):
     assert built["attempts"] == []
 
 
+CONFIG_DIGEST = "<digest of the config>"
+
+
+def _pinned(definition: dict) -> dict:
+    """The definition with the config's content digest (in ConfigS3Uri's default) replaced by a placeholder.
+
+    The digest changes with any config default anywhere; test_config_uri_is_content_addressed pins it.
+    """
+    pinned = copy.deepcopy(definition)
+    for parameter in pinned["Parameters"]:
+        if parameter["Name"] == "ConfigS3Uri":
+            prefix, digest, name = parameter["DefaultValue"].rsplit("/", 2)
+            parameter["DefaultValue"] = "/".join([prefix, CONFIG_DIGEST, name])
+    return pinned
+
+
+def test_config_uri_is_content_addressed(definition, aws_config):
+    import dataclasses
+
+    from steps.aws_pipeline import config_uri
+
+    config, settings = aws_config
+    (default,) = [p["DefaultValue"] for p in definition["Parameters"] if p["Name"] == "ConfigS3Uri"]
+    assert default == config_uri(config)
+    assert default.startswith(f"{settings.output_s3_uri}/config/") and default.endswith("/shadow-eval.yaml")
+    changed = dataclasses.replace(config, replay=dataclasses.replace(config.replay, max_payload_mb=5))
+    assert config_uri(changed) != default and config_uri(dataclasses.replace(config)) == default
+
+
 def test_definition_matches_golden_file(definition):
+    definition = _pinned(definition)
     text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
     if os.environ.get("SHADOW_EVAL_REGENERATE_GOLDEN") == "1":
         GOLDEN.write_text(text, encoding="utf-8")
@@ -82,30 +112,52 @@ def _branch(step: dict, which: str) -> list[str]:
 
 def test_steps_and_branches(definition):
     steps = _steps(definition)
-    assert [s["Name"] for s in definition["Steps"]] == \
-        ["Prepare", "ReplayCandidate-csv", "ReplayCandidate-json", "ReplayProductionSwitch"]
+    assert [s["Name"] for s in definition["Steps"]] == ["Prepare", "Route"]
+    route = steps["Route"]
+    assert route["Arguments"]["Conditions"] == [
+        {"Type": "Equals", "LeftValue": _prepared("route"), "RightValue": "replay"}]
+    assert _branch(route, "IfSteps") == ["ReplayCandidate-csv", "ReplayCandidate-json", "ReplayProductionSwitch"]
+    assert _branch(route, "ElseSteps") == ["NothingToReplay"]
+    nothing = steps["NothingToReplay"]
+    assert nothing["Arguments"]["Conditions"] == [
+        {"Type": "Equals", "LeftValue": _prepared("route"), "RightValue": "no-replay"}]
+    assert _branch(nothing, "IfSteps") == ["JoinCompareNoReplay", "GateNoReplay"]
+    assert _branch(nothing, "ElseSteps") == []  # skip: the execution ends Succeeded, models.json says why
     switch = steps["ReplayProductionSwitch"]
     assert switch["Arguments"]["Conditions"] == [
-        {"Type": "Equals", "LeftValue": {"Get": "Parameters.ReplayProduction"}, "RightValue": True}]
+        {"Type": "Equals", "LeftValue": {"Get": "Parameters.ReplayProduction"}, "RightValue": True},
+        {"Type": "Equals", "LeftValue": _prepared("production_replay"), "RightValue": 1}]
     assert _branch(switch, "IfSteps") == ["ReplayProduction-csv", "ReplayProduction-json",
                                           "JoinCompareWithProduction", "GateWithProduction"]
     assert _branch(switch, "ElseSteps") == ["JoinCompare", "Gate"]
-    for suffix in ("", "WithProduction"):
+    for suffix in ("", "WithProduction", "NoReplay"):
         gate = steps[f"Gate{suffix}"]
         assert _branch(gate, "IfSteps") == [f"Approve{suffix}"]
-        assert _branch(gate, "ElseSteps") == [f"Reject{suffix}", f"Rejected{suffix}"]
-        assert steps[f"Rejected{suffix}"]["Type"] == "Fail"
-        assert steps[f"Rejected{suffix}"]["DependsOn"] == [f"Reject{suffix}"]
+        assert _branch(gate, "ElseSteps") == [f"IsRejected{suffix}"]
+        assert _branch(steps[f"IsRejected{suffix}"], "IfSteps") == [f"Reject{suffix}", f"Rejected{suffix}"]
+        assert _branch(steps[f"IsRejected{suffix}"], "ElseSteps") == [f"KeepPending{suffix}", f"Inconclusive{suffix}"]
+        for status, recorder in (("Rejected", "Reject"), ("Inconclusive", "KeepPending")):
+            fail = steps[f"{status}{suffix}"]
+            assert fail["Type"] == "Fail" and fail["DependsOn"] == [f"{recorder}{suffix}"]
+            assert fail["Arguments"]["ErrorMessage"]["Std:Join"]["Values"][0] == f"{status}:"
+            container = steps[f"{recorder}{suffix}"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+            assert container[container.index("--verdict") + 1] == status
 
 
-def test_gate_reads_approved_from_evaluation_json(definition):
+def _prepared(key: str) -> dict:
+    return {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prepare.PropertyFiles.PreparedModels"}, "Path": key}}
+
+
+def test_gate_reads_the_decision_from_evaluation_json(definition):
     steps = _steps(definition)
-    for suffix in ("", "WithProduction"):
-        (condition,) = steps[f"Gate{suffix}"]["Arguments"]["Conditions"]
-        assert condition["Type"] == "GreaterThanOrEqualTo" and condition["RightValue"] == 1
-        assert condition["LeftValue"] == {"Std:JsonGet": {
+    for suffix in ("", "WithProduction", "NoReplay"):
+        decision = {"Std:JsonGet": {
             "PropertyFile": {"Get": f"Steps.JoinCompare{suffix}.PropertyFiles.Evaluation{suffix}"},
-            "Path": "approved"}}
+            "Path": "decision"}}
+        assert steps[f"Gate{suffix}"]["Arguments"]["Conditions"] == [
+            {"Type": "Equals", "LeftValue": decision, "RightValue": "Approved"}]
+        assert steps[f"IsRejected{suffix}"]["Arguments"]["Conditions"] == [
+            {"Type": "Equals", "LeftValue": decision, "RightValue": "Rejected"}]
         assert steps[f"JoinCompare{suffix}"]["PropertyFiles"] == [
             {"PropertyFileName": f"Evaluation{suffix}", "OutputName": "report", "FilePath": "evaluation.json"}]
 
@@ -148,22 +200,19 @@ def test_transform_knobs_per_group(definition, aws_config):
             assert isinstance(args["ModelName"], dict)
 
 
-def test_model_names_are_expressions(definition):
+def test_model_names_are_expressions_prepare_creates(definition):
     steps = _steps(definition)
-    candidate = steps["ReplayCandidate-csv"]["Arguments"]["ModelName"]
-    assert candidate == {"Std:Join": {"On": "-", "Values": [
-        "shadow-eval", {"Get": "Execution.PipelineExecutionId"}, "candidate"]}}
     prepare_args = steps["Prepare"]["Arguments"]["AppSpecification"]["ContainerArguments"]
-    assert prepare_args[prepare_args.index("--candidate-model-name") + 1] == candidate
-    production = steps["ReplayProduction-csv"]["Arguments"]["ModelName"]
-    assert production == {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prepare.PropertyFiles.PreparedModels"},
-                                          "Path": "production_model"}}
+    for side in ("candidate", "production"):
+        name = {"Std:Join": {"On": "-", "Values": ["shadow-eval", {"Get": "Execution.PipelineExecutionId"}, side]}}
+        assert steps[f"Replay{side.title()}-csv"]["Arguments"]["ModelName"] == name
+        assert prepare_args[prepare_args.index(f"--{side}-model-name") + 1] == name
 
 
 def test_processing_steps_run_the_installed_package(definition, aws_config):
     _, settings = aws_config
     stages = {"Prepare": "prepare", "JoinCompare": "join-compare", "JoinCompareWithProduction": "join-compare",
-              "Approve": "gate", "Reject": "gate"}
+              "JoinCompareNoReplay": "join-compare", "Approve": "gate", "Reject": "gate", "KeepPending": "gate"}
     steps = _steps(definition)
     for name, stage in stages.items():
         args = steps[name]["Arguments"]
@@ -179,6 +228,10 @@ def test_processing_steps_run_the_installed_package(definition, aws_config):
     assert inputs == {"config", "prepare", "run", "replay-candidate", "replay-production"}
     inputs = {i["InputName"] for i in steps["JoinCompare"]["Arguments"]["ProcessingInputs"]}
     assert inputs == {"config", "prepare", "run", "replay-candidate"}
+    # No replay ran: a replay input would fail the job (Processing refuses an empty S3 prefix).
+    inputs = {i["InputName"] for i in steps["JoinCompareNoReplay"]["Arguments"]["ProcessingInputs"]}
+    assert inputs == {"config", "prepare", "run"}
+    assert "DependsOn" not in steps["JoinCompareNoReplay"]
 
 
 # ---------------------------------------------------------------- schema
@@ -238,11 +291,12 @@ def test_definition_is_valid_against_the_relaxed_schema(definition, schema_valid
 
 @pytest.mark.parametrize("corrupt", [
     pytest.param(lambda d: d["Steps"][0].update(Type="Procesing"), id="misspelled step type"),
-    pytest.param(lambda d: d["Steps"][1]["Arguments"]["TransformResources"].update(InstanceCnt=1),
-                 id="unknown TransformResources key"),
-    pytest.param(lambda d: d["Steps"][3]["Arguments"]["Conditions"][0].update(Type="Roughly"),
+    pytest.param(lambda d: d["Steps"][1]["Arguments"]["IfSteps"][0]["Arguments"]["TransformResources"].update(
+        InstanceCnt=1), id="unknown TransformResources key"),
+    pytest.param(lambda d: d["Steps"][1]["Arguments"]["Conditions"][0].update(Type="Roughly"),
                  id="unknown condition type"),
-    pytest.param(lambda d: d["Steps"][1]["Arguments"].update(ModelName={"Std:Join": {"Values": ["a"]}}),
+    pytest.param(lambda d: d["Steps"][1]["Arguments"]["IfSteps"][0]["Arguments"].update(
+        ModelName={"Std:Join": {"Values": ["a"]}}),
                  id="Join without On"),
 ])
 def test_relaxed_schema_still_rejects_bad_definitions(definition, schema_validator, corrupt):
