@@ -67,8 +67,8 @@ REASONS: dict[str, Reason] = {
     # replay: the candidate's transform
     "replay_file_failed": Reason("replay", "the candidate failed on this record's file (errors, timeouts, a crash, "
                                  "a wrong number of answers or answers that do not parse)",
-                                 "see replay/candidate.json and the model server log; the candidate must answer "
-                                 "every record", "candidate"),
+                                 "see replay/candidate.json and the model server log; fix the candidate, or "
+                                 "re-run the same run id to retry a transient failure", "candidate"),
     "replay_output_missing": Reason("replay", "no transform output where the join looks for it, or the transform "
                                     "could not be run on the file (unreadable input, input filter, job settings)",
                                     "see replay/candidate.json; check the Batch Transform output layout "
