@@ -560,9 +560,10 @@ def task_statement(comparison: Comparison) -> dict[str, Any]:
     outputs = [kind for kind, present in (("labels", bool(comparison.flip_matrix)),
                                           ("scores", bool(getattr(comparison, "distributions", None))))
                if present]
-    if comparison.has_ground_truth and comparison.task:
-        return {"task": comparison.task, "source": settings.get("task_source", "detected"),
-                "why": settings.get("task_reason", f"ground truth fed the {comparison.task} metrics"),
+    task = _task_judged(comparison)
+    if task:
+        return {"task": task, "source": settings.get("task_source", "detected"),
+                "why": settings.get("task_reason") or f"ground truth fed the {task} metrics",
                 "judged_on": "quality against ground truth"}
     shape = " and ".join(outputs) or "no labels or scores"
     return {"task": None, "source": "no ground truth", "judged_on": "agreement with production",
@@ -588,7 +589,7 @@ def decide(comparison: Comparison, accounting: Accounting, gate: GateConfig,
     """
     checks = [builtin.judge(accounting, gate) for builtin in BUILTIN_CHECKS]
     if accounting.joined >= max(gate.min_records, 1):
-        ground_truth = comparison.task if comparison.has_ground_truth else None
+        ground_truth = _task_judged(comparison)
         for rule in POLICY_RULES:
             if rule.applies == "always" or rule.applies == ground_truth or \
                     (rule.applies == "no_ground_truth" and ground_truth is None):
@@ -598,6 +599,15 @@ def decide(comparison: Comparison, accounting: Accounting, gate: GateConfig,
     status, reasons = verdict(checks)
     return Decision(status, tuple(checks), tuple(reasons), headline_metrics(comparison), accounting_json(accounting),
                     task_statement(comparison), policy_json(gate, comparison))
+
+
+def _task_judged(comparison: Comparison) -> str | None:
+    """The task ground truth fed (None without ground truth); a comparison that did not say, by its metrics."""
+    if not comparison.has_ground_truth:
+        return None
+    if comparison.task:
+        return comparison.task
+    return "classification" if comparison.metric("accuracy") else "regression" if comparison.metric("mae") else None
 
 
 def configured_checks(comparison: Comparison, gate: GateConfig) -> list[CheckResult]:
