@@ -681,7 +681,8 @@ def judge_check(check: GateCheck, metric: MetricValue | None) -> CheckResult:
     """One configured check against the metric it names; a missing or non-finite value is `missing`.
 
     judge_on point compares the estimate; interval compares the bound on the side that matters (the
-    lower bound for at_least, the upper for at_most), so noise cannot pass a candidate by luck.
+    lower bound for at_least, the upper for at_most), so noise cannot pass a candidate by luck, and an
+    interval that reaches across the threshold is undecided (Inconclusive), not a failure.
     """
     name = check_name(check)
     field = "delta" if check.relative_to_production else "value"
@@ -705,14 +706,20 @@ def judge_check(check: GateCheck, metric: MetricValue | None) -> CheckResult:
     passed = value >= check.threshold if check.direction == "at_least" else value <= check.threshold
     operator = {("at_least", True): ">=", ("at_least", False): "<",
                 ("at_most", True): "<=", ("at_most", False): ">"}[(check.direction, passed)]
+    outcome: Outcome = "pass" if passed else "fail"
     if interval:
         side = "lower" if check.direction == "at_least" else "upper"
         reason = (f"{label} {_fmt(estimate)}, interval [{_fmt(low)}, {_fmt(high)}]: {side} bound "
                   f"{_fmt(value)} {operator} {_fmt(check.threshold)}")
+        far = high if check.direction == "at_least" else low
+        if not passed and far is not None and (far >= check.threshold if check.direction == "at_least"
+                                               else far <= check.threshold):
+            # Only an interval wholly on the wrong side is evidence against; one across the threshold waits.
+            outcome, reason = "undecided", f"{reason}, but the interval reaches across it: cannot tell yet"
     else:
         reason = f"{label} {_fmt(value)} {operator} {_fmt(check.threshold)}"
     return CheckResult(name, check.metric, float(value), check.threshold, check.direction, check.severity,
-                       passed, "pass" if passed else "fail", reason, **base)
+                       passed, outcome, reason, **base)
 
 
 def judge_slices(check: GateCheck, metrics: list[MetricValue], confidence: float, alpha: float) -> CheckResult:
