@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol
 from analysis.compare import METRICS
 from analysis.quarantine import owner_of
 from analysis.results import Accounting, Comparison, MetricValue
-from analysis.statistics import holm, one_sided_p
+from analysis.statistics import holm, one_sided_p, wilson_interval
 
 
 class GateCheck(Protocol):
@@ -507,18 +507,26 @@ def _inverted(comparison: Comparison, gate: GateConfig) -> CheckResult:
 def _equivalent(comparison: Comparison, gate: GateConfig) -> CheckResult:
     metric, margin = comparison.metric("real_difference_rate"), gate.policy.equivalence_margin
     estimate = None if metric is None else _finite(metric.value)
-    high = None if metric is None else _finite(metric.ci_high)
+    high = None
+    if estimate is not None and metric.support:
+        # An equivalence test is one-sided: the upper bound of the one-sided interval at the run's confidence.
+        one_sided = 1.0 - 2.0 * (1.0 - _confidence(comparison))
+        high = wilson_interval(round(estimate * metric.support), metric.support, one_sided).high
     base = dict(judged_on="interval", estimate=estimate, ci_low=None if metric is None else _finite(metric.ci_low),
-                ci_high=high)
+                ci_high=None if metric is None else _finite(metric.ci_high))
     if estimate is None or high is None:
         return CheckResult("equivalent_to_production", "real_difference_rate", None, margin, "at_most", "evidence",
                            False, "missing", "awaiting ground truth: the difference rate could not be measured",
                            **base)
+    noise_floor = comparison.metric("noise_score_band") is not None
+    if noise_floor:
+        # By construction 1 - noise_quantile of production's own replays fall outside the noise band, so an
+        # identical model differs "beyond noise" that often; the margin comes on top of that.
+        margin += 1.0 - float(getattr(comparison, "settings", {}).get("noise_quantile", 1.0))
     passed = high <= margin
-    noise = "beyond replay noise" if comparison.metric("replay_exact_match_rate") is not None else \
-        "beyond the tolerances (no noise floor: set production.model)"
+    noise = "beyond replay noise" if noise_floor else "beyond the tolerances (no noise floor: set production.model)"
     what = (f"the candidate's answers differ from production's {noise} on {estimate:.2%} of {metric.support} "
-            f"records, interval upper bound {high:.2%}")
+            f"records, one-sided {_confidence(comparison):.0%} upper bound {high:.2%}")
     if passed:
         outcome, reason = "pass", f"{what} <= equivalence margin {margin:.2%}: equivalent to production"
     elif estimate <= margin:

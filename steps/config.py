@@ -146,8 +146,9 @@ class CompareConfig:
     """Seed of the bootstrap, so a re-judged run gets the same intervals."""
     thresholds: tuple[float, ...] = (0.5,)
     """Decision thresholds on the score: records whose score crosses one are counted, by direction."""
-    noise_quantile: float = 0.99
-    """A score change within this quantile of |replayed - captured production| counts as replay noise."""
+    noise_quantile: float = 0.999
+    """A score change within this quantile of |replayed - captured production| counts as replay noise (and
+    1 - this is the share of an identical model's answers expected beyond it, which equivalence allows)."""
     psi_bins: int = 10
     """Quantile bins of the production scores for PSI."""
     top_changes: int = 20

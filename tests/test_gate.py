@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from analysis.gate import (BUILTIN_CHECKS, CHECK_KINDS, DIRECTIONS, OUTCOMES, POLICY_RULES, SEVERITIES, STATUSES,
                            CheckResult, check_kinds, decide, minority_classes, non_inferiority)
+from analysis.quarantine import OWNERS, REASONS, replay_failure_code
 from analysis.results import Accounting, Comparison, MetricValue
 from steps import gate as gate_step
 from steps.backends.registry import LocalRegistry
@@ -404,6 +405,39 @@ def test_extra_checks_join_the_decision():
                           "credibly worse")
     decision = decide(COMPARISON, OK, BASE, extra_checks=(segment,))
     assert decision.status == "Rejected" and decision.checks[-1] is segment
+
+
+# ---------------------------------------------------------------- whose loss a record is
+
+def test_every_quarantine_reason_has_an_owner():
+    assert {r.owner for r in REASONS.values()} == set(OWNERS)
+    assert all(r.owner in OWNERS for r in REASONS.values())
+
+
+# The transformer's reasons for a file without .out, and whose failure each is (steps.transformer).
+TRANSFORM_OWNERS = {"http_<status>": "candidate", "timeout": "candidate", "connection_error": "candidate",
+                    "truncated_response": "candidate", "output_count_mismatch": "candidate",
+                    "output_unparsable": "candidate", "unreadable_input": "evaluation", "invalid_job": "evaluation",
+                    "record_too_large": "evaluation", "input_filter_failed": "evaluation",
+                    "output_filter_failed": "evaluation"}
+
+
+def test_every_transform_failure_is_attributed():
+    from steps.transformer import FAILURE_REASONS
+
+    assert set(TRANSFORM_OWNERS) == set(FAILURE_REASONS)
+    for reason, owner in TRANSFORM_OWNERS.items():
+        code = replay_failure_code(reason.replace("<status>", "503"))
+        assert REASONS[code].owner == owner, reason
+    assert REASONS[replay_failure_code(None)].owner == "evaluation"  # no .out where the join looks
+
+
+def test_owners_split_the_quarantine():
+    accounting = Accounting(100, 80, 20, {"malformed_json": 5, "replay_file_failed": 10, "replay_output_missing": 4,
+                                          "something_new": 1})
+    assert accounting.by_owner == {"capture": 5, "candidate": 10, "evaluation": 5}
+    assert accounting.usable == 95 and accounting.candidate_coverage == 80 / 90
+    assert accounting.evaluation_loss == 5 / 95
 
 
 # ---------------------------------------------------------------- the gate stage
