@@ -316,7 +316,7 @@ def test_replay_noise_is_not_blamed_on_the_candidate():
     result = compare(frame, CONFIG)
     assert value(result, "tolerant_match_rate") == 0.0  # without the noise floor everything differs
     assert value(result, "real_difference_rate") == 0.0
-    assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), 0.99))
+    assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), CONFIG.noise_quantile))
 
 
 def _streamed(frame: pd.DataFrame, config, parts: int, seed: int = 0):
