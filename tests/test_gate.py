@@ -147,24 +147,26 @@ CASES = [
      {"mae_non_inferior": "missing"}),
     # -------- without labels: equivalent approves, broken rejects, anything else awaits ground truth
     ("identical_without_labels", NO_LABELS, OK, BASE, "Approved", {}),
-    ("different_without_labels", replaced(NO_LABELS, M("real_difference_rate", 0.2, ci_low=0.17, ci_high=0.23)), OK,
-     BASE, "Inconclusive", {"equivalent_to_production": "fail"}),
-    ("too_few_to_show_equivalence", replaced(NO_LABELS, M("real_difference_rate", 0.0, ci_low=0.0, ci_high=0.03)), OK,
-     BASE, "Inconclusive", {"equivalent_to_production": "undecided"}),
+    ("different_without_labels",
+     replaced(NO_LABELS, M("real_difference_rate", 0.2, ci_low=0.17, ci_high=0.23, support=995)), OK, BASE,
+     "Inconclusive", {"equivalent_to_production": "fail"}),
+    ("too_few_to_show_equivalence",
+     replaced(NO_LABELS, M("real_difference_rate", 0.0, ci_low=0.0, ci_high=0.036, support=100)), OK, BASE,
+     "Inconclusive", {"equivalent_to_production": "undecided"}),
     ("difference_rate_missing", replaced(NO_LABELS, M("real_difference_rate", None)), OK, BASE, "Inconclusive",
      {"equivalent_to_production": "missing"}),
-    ("constant_label", replaced(NO_LABELS, M("real_difference_rate", 0.4, ci_low=0.37, ci_high=0.43),
+    ("constant_label", replaced(NO_LABELS, M("real_difference_rate", 0.4, ci_low=0.37, ci_high=0.43, support=995),
                                 flip_matrix={"0": {"1": 600}, "1": {"1": 395}}), OK, BASE, "Rejected",
      {"answers_collapsed": "fail", "equivalent_to_production": "fail"}),
-    ("constant_score", replaced(NO_LABELS, M("real_difference_rate", 0.9, ci_low=0.88, ci_high=0.92),
+    ("constant_score", replaced(NO_LABELS, M("real_difference_rate", 0.9, ci_low=0.88, ci_high=0.92, support=995),
                                 distributions={"scatter": [[i / 100, 0.5] for i in range(100)]}), OK, BASE,
      "Rejected", {"answers_collapsed": "fail", "equivalent_to_production": "fail"}),
     ("inverted_labels", replaced(NO_LABELS, M("label_agreement", 0.02, ci_low=0.01, ci_high=0.03),
-                                 M("real_difference_rate", 0.98, ci_low=0.97, ci_high=0.99)), OK, BASE, "Rejected",
-     {"labels_agree": "fail", "equivalent_to_production": "fail"}),
+                                 M("real_difference_rate", 0.98, ci_low=0.97, ci_high=0.99, support=995)), OK,
+     BASE, "Rejected", {"labels_agree": "fail", "equivalent_to_production": "fail"}),
     ("scores_gone", replaced(NO_LABELS, M("candidate_answer_rate", 0.0, ci_low=0.0, ci_high=0.004, support=995),
-                             M("real_difference_rate", 1.0, ci_low=0.996, ci_high=1.0)), OK, BASE, "Rejected",
-     {"candidate_answers": "fail", "equivalent_to_production": "fail"}),
+                             M("real_difference_rate", 1.0, ci_low=0.996, ci_high=1.0, support=995)), OK, BASE,
+     "Rejected", {"candidate_answers": "fail", "equivalent_to_production": "fail"}),
     # -------- configured checks
     ("at_least_fails", OK, gate(GateCheck("label_agreement", 0.98)), "Rejected", {"label_agreement": "fail"}),
     ("at_least_boundary_passes", OK, gate(GateCheck("label_agreement", 0.97)), "Approved", {}),
@@ -304,7 +306,8 @@ def test_required_check_missing_is_a_run_failure_not_a_verdict():
 def test_reasons_say_what_evidence_is_missing():
     empty = decide(COMPARISON, Accounting(0, 0, 0), BASE)
     assert any("no captured records in the window" in r for r in empty.reasons)
-    waiting = decide(replaced(NO_LABELS, M("real_difference_rate", 0.2, ci_low=0.17, ci_high=0.23)), OK, BASE)
+    different = M("real_difference_rate", 0.2, ci_low=0.17, ci_high=0.23, support=995)
+    waiting = decide(replaced(NO_LABELS, different), OK, BASE)
     assert waiting.reasons[0].startswith("equivalent_to_production: awaiting ground truth")
     assert waiting.task["task"] is None and "no ground truth" in waiting.task["why"]
 
