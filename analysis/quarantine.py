@@ -105,7 +105,7 @@ def replay_failure_code(transform_reason: str | None) -> str:
 
 
 def owner_of(code: str) -> Owner:
-    """Whose loss a quarantine code is; a code this version does not declare is the evaluation's, not the candidate's."""
+    """Whose loss a quarantine code is; an undeclared code is the evaluation's, never the candidate's."""
     declared = REASONS.get(code)
     return declared.owner if declared is not None else "evaluation"
 
