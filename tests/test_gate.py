@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +18,8 @@ from analysis.quarantine import OWNERS, REASONS, replay_failure_code
 from analysis.results import Accounting, Comparison, MetricValue
 from steps import gate as gate_step
 from steps.backends.registry import LocalRegistry
-from steps.config import Config, GateCheck, GateConfig
+from analysis.compare import compare
+from steps.config import CompareConfig, Config, GateCheck, GateConfig
 
 OK = Accounting(captured=1000, joined=995, quarantined=5, by_reason={"malformed_json": 5})
 M = MetricValue
@@ -517,3 +520,41 @@ def test_stage_without_a_package_only_writes_evaluation(tmp_path):
                                       "updated": False, "note": "no candidate package; registry untouched"}
     assert registry.list_packages("fraud") == []
     assert not math.isnan(evaluation["accounting"]["coverage"])
+
+
+# ---------------------------------------------------------------- through compare: replay noise and equivalence
+
+def _noisy_world(rng, n: int, noise: float, shift: float = 0.0):
+    """Joined records of a model whose every answer (captured, replayed, candidate) carries its own noise."""
+    true = rng.random(n)
+    p, r, c = (true + offset + rng.normal(0, noise, n) for offset in (0.0, 0.0, shift))
+    answer = lambda x: [f'{{"score": {v:.6f}, "predicted_label": {int(v >= 0.5)}}}' for v in x]  # noqa: E731
+    label = lambda x: (x >= 0.5).astype(int).astype(str)  # noqa: E731
+    return pd.DataFrame({
+        "record_id": [f"e{i}:0" for i in range(n)], "production_raw": answer(p), "candidate_raw": answer(c),
+        "production_replay_raw": answer(r), "production_score": p.round(6), "candidate_score": c.round(6),
+        "production_replay_score": r.round(6), "production_label": label(p), "candidate_label": label(c),
+        "production_replay_label": label(r), "production_hash": [f"{v:.6f}" for v in p],
+        "candidate_hash": [f"{v:.6f}" for v in c], "tolerant_match": np.abs(p - c) <= 1e-6,
+        "noise_abs_diff": np.abs(r.round(6) - p.round(6))})
+
+
+# records, production noise, candidate shift, samples, least approved, most approved
+EQUIVALENCE = [
+    ("deterministic_identical", 400, 0.0, 0.0, 30, 30, 30),
+    ("nondeterministic_identical", 1500, 0.01, 0.0, 30, 29, 30),
+    ("nondeterministic_too_few_records", 150, 0.01, 0.0, 10, 0, 0),
+    ("nondeterministic_shifted_beyond_noise", 1500, 0.01, 0.03, 20, 0, 0),
+]
+
+
+@pytest.mark.parametrize("case", EQUIVALENCE, ids=[c[0] for c in EQUIVALENCE])
+def test_equivalence_within_replay_noise(case):
+    """Without labels an identical candidate is approved (the noise floor explains its differences); a changed one waits."""
+    _, n, noise, shift, samples, least, most = case
+    rng = np.random.default_rng(11)
+    config = CompareConfig(bootstrap_resamples=0, slices=())
+    statuses = [decide(compare(_noisy_world(rng, n, noise, shift), config), Accounting(n, n, 0),
+                       GateConfig(min_records=100)).status for _ in range(samples)]
+    assert least <= statuses.count("Approved") <= most
+    assert "Rejected" not in statuses  # a different answer without labels is no evidence against the candidate
