@@ -550,7 +550,7 @@ EQUIVALENCE = [
 
 @pytest.mark.parametrize("case", EQUIVALENCE, ids=[c[0] for c in EQUIVALENCE])
 def test_equivalence_within_replay_noise(case):
-    """Without labels an identical candidate is approved (the noise floor explains its differences); a changed one waits."""
+    """No labels: an identical candidate is approved (the noise floor explains its differences); a changed one waits."""
     _, n, noise, shift, samples, least, most = case
     rng = np.random.default_rng(11)
     config = CompareConfig(bootstrap_resamples=0, slices=())
