@@ -7,12 +7,13 @@
                                                                             │
                                         tables, report.json/html, summary.md, evaluation.json
                                                                             ▼
-                                                        Gate ─▶ Approved / Rejected in the registry
+                                        Gate ─▶ Approved / Rejected / Inconclusive in the registry
 
 Each stage is `steps.<stage>.run(...)` over local folders. Here they run in-process, in order;
 the SageMaker Pipeline runs the same functions in Processing jobs and a Transform job.
 
-Exit status of `run` and `demo`: 0 approved, 3 rejected, 1 the run failed, 2 bad usage or config.
+Exit status of `run`, `demo` and `regate`: 0 Approved, 3 Rejected, 4 Inconclusive (the evidence cannot
+decide yet), 1 the run failed, 2 bad usage or config.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from steps.config import Config, ConfigError, load_config, parse_utc, to_mapping
 
 log = logging.getLogger("shadow_eval")
 
-EXIT_APPROVED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+EXIT_APPROVED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+EXIT_STATUS = {"Approved": EXIT_APPROVED, "Rejected": EXIT_REJECTED, "Inconclusive": EXIT_INCONCLUSIVE}
 SIDES = ("candidate", "production")
 _AWS_PACKAGES = {"sagemaker", "boto3", "botocore", "awswrangler"}
 
@@ -51,6 +53,8 @@ class RunOutcome:
     run_id: str
     run_dir: Path
     decision: str
+    reasons: tuple[str, ...]
+    task: dict[str, Any]
     accounting: Any
     headline: dict[str, float | None]
     report_path: Path
@@ -60,10 +64,14 @@ class RunOutcome:
         return {
             "run_id": self.run_id,
             "decision": self.decision,
+            "reasons": list(self.reasons),
+            "task": self.task,
             "records": {"captured": self.accounting.captured, "joined": self.accounting.joined,
                         "quarantined": self.accounting.quarantined},
             "coverage": self.accounting.coverage,
+            "candidate_coverage": self.accounting.candidate_coverage,
             "quarantine_reasons": dict(self.accounting.by_reason),
+            "quarantine_owners": self.accounting.by_owner,
             "metrics": self.headline,
             "report": str(self.report_path),
             "tables": str(self.tables_path),
@@ -125,7 +133,8 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
         raise
     gate.record(run_dir, comparison, accounting, decision, registry, run_info["candidate_package"],
                 run_info["status_at_start"], run_id)
-    return RunOutcome(run_id, run_dir, decision.status, accounting, _headline(comparison),
+    return RunOutcome(run_id, run_dir, decision.status, decision.reasons, decision.task, accounting,
+                      _headline(comparison),
                       paths["report.html"], workspace / "shadow.duckdb")
 
 
@@ -382,8 +391,13 @@ def _finish(outcome: RunOutcome, as_json: bool) -> int:
     else:
         a = outcome.accounting
         print(f"run {outcome.run_id}: {outcome.decision}")
+        for reason in outcome.reasons:
+            print(f"  - {reason}")
         print(f"  records: {a.captured} captured = {a.joined} joined + {a.quarantined} quarantined"
               f" (coverage {a.coverage:.2%})")
+        owners = ", ".join(f"{owner} {count}" for owner, count in a.by_owner.items() if count)
+        if owners:
+            print(f"    quarantined by owner: {owners}")
         for reason, count in sorted(a.by_reason.items()):
             print(f"    quarantined {reason}: {count}")
         for name, value in outcome.headline.items():
@@ -391,7 +405,7 @@ def _finish(outcome: RunOutcome, as_json: bool) -> int:
                 print(f"  {name}: {value:.4f}")
         print(f"  report: {outcome.report_path}")
         print(f"  tables: {outcome.tables_path}")
-    return EXIT_APPROVED if outcome.decision == "Approved" else EXIT_REJECTED
+    return EXIT_STATUS[outcome.decision]
 
 
 if __name__ == "__main__":

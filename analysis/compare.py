@@ -117,6 +117,11 @@ METRICS: dict[str, MetricSpec] = {
     "mcnemar_p_value": MetricSpec(
         "McNemar's exact test on records exactly one model got right (small: the error rates differ)",
         "paired", None),
+    "class_recall": MetricSpec("recall of one ground-truth class, one metric per class named class_recall:<label> "
+                               "(whole run only)", "per_model", True, "delta"),
+    "candidate_answer_rate": MetricSpec(
+        "share of records production answered with a score or a label where the candidate answered with one too",
+        "paired", True, "value"),
     "mae": MetricSpec("mean absolute error of the score against numeric ground truth", "per_model", False, "delta"),
     "rmse": MetricSpec("root mean squared error of the score against numeric ground truth", "per_model", False,
                        "delta"),
@@ -194,6 +199,7 @@ class Accumulator:
         self._truth_seen: set[str] = set()
         self._truth_non_numeric = self._truth_non_integer = self._truth_uncoded = False
         self._candidate_labelled = self._candidate_scored = False
+        self.task_reason: str | None = None
         self._slices = SegmentBuilder(self.settings.slices, self.settings.min_slice_support) \
             if self.settings.slices else None
         self._auto_segments = SegmentEvidenceBuilder(config)
@@ -298,19 +304,31 @@ class Accumulator:
             settings={"confidence": settings.confidence, "bootstrap_resamples": settings.bootstrap_resamples,
                       "seed": settings.seed, "min_slice_support": settings.min_slice_support,
                       "noise_quantile": settings.noise_quantile, "thresholds": list(settings.thresholds),
-                      "positive_label": columns.positive},
+                      "positive_label": columns.positive, "task_reason": self.task_reason,
+                      "task_source": "compare.task" if self.task != "auto" else "detected"},
             segment_scan=self._auto_segments.finish(resolved) if self._auto_segments.settings.auto_segments else None)
 
     def _resolve_task(self) -> Literal["classification", "regression"]:
-        """_task over the distinct ground-truth values seen, without keeping them all."""
+        """_task over the distinct ground-truth values seen, without keeping them all; self.task_reason says why."""
         if self.task != "auto":
+            self.task_reason = f"compare.task is set to {self.task}"
             return self.task
         if self._truth_non_numeric:
+            self.task_reason = "ground truth holds non-numeric values, so they are class labels"
             return "classification"
         categorical = not self._truth_non_integer and len(self._truth_seen) <= _MAX_CLASSES
         if categorical and self._candidate_labelled:
+            self.task_reason = (f"ground truth holds at most {_MAX_CLASSES} distinct whole numbers and the models "
+                                "answer with labels, so they are classes")
             return "classification"
-        return "regression" if self._candidate_scored else "classification"
+        if self._candidate_scored:
+            self.task_reason = ("ground truth holds " + ("fractional numbers" if self._truth_non_integer else
+                                f"more than {_MAX_CLASSES} distinct numbers" if not categorical else
+                                "numbers and the models answer with scores only")
+                                + ", so the task is regression on the score")
+            return "regression"
+        self.task_reason = "the models give no score to regress, so ground truth is taken as class labels"
+        return "classification"
 
     def _diff(self, columns: "_RecordColumns", base: dict[str, np.ndarray], texts: list[str], order: np.ndarray,
               fetch: Callable[[np.ndarray], pd.DataFrame]) -> RecordDiff:
@@ -452,6 +470,8 @@ class _RecordColumns:
             crossing |= scored & ((p_score < t) != (c_score < t))
         flags["crossing"] = crossing
         labelled = (p_label >= 0) & (c_label >= 0)
+        self.p_answered = np.isfinite(p_score) | (p_label >= 0)
+        self.c_answered = np.isfinite(c_score) | (c_label >= 0)
         self.one_sided = base["fields_one_sided"] | (np.isfinite(p_score) != np.isfinite(c_score)) | \
             ((p_label < 0) != (c_label < 0))
         flags["one_sided"] = self.one_sided
@@ -492,8 +512,9 @@ class _RecordColumns:
             else:  # macro average over the classes in the truth or in that model's predictions, as scikit-learn does
                 self.classes = (sorted(seen_truth | p_seen), sorted(seen_truth | c_seen))
             self.auc_rows = np.isfinite(p_score) & np.isfinite(c_score) & (truth >= 0)
+        self.truth_classes: list[str] = sorted(seen_truth) if task == "classification" else []
         self._class_codes = {label: code_of.get(label, -2)
-                             for label in sorted(set(self.classes[0]) | set(self.classes[1]))}
+                             for label in sorted(set(self.classes[0]) | set(self.classes[1]) | set(self.truth_classes))}
         self._kappa_codes = [code_of[label] for label in self.kappa_classes]
 
         # One group per distinct (flags, label codes): the indicator columns are the same within it.
@@ -684,6 +705,11 @@ def _scope_metrics(columns: _RecordColumns, rows: np.ndarray, slice_name: str, s
             MetricValue("score_ks", ks, slice=slice_name, support=support),
             MetricValue("score_ks_p_value", ks_p, slice=slice_name, support=support)]
 
+    p_answered = columns.p_answered[rows]
+    answered = stats.wilson_interval(int(np.sum(p_answered & columns.c_answered[rows])), int(p_answered.sum()),
+                                     settings.confidence)
+    out.append(MetricValue("candidate_answer_rate", answered.estimate, slice=slice_name, ci_low=answered.low,
+                           ci_high=answered.high, support=int(p_answered.sum())))
     rate("real_difference_rate", "real", "one")
     rate("real_label_flip_rate", "real_flip", "labelled")
     if columns.replayed_any and means.count("replayed"):
@@ -734,6 +760,11 @@ def _classification_metrics(columns: _RecordColumns, means: _Means, rows: np.nda
     out.append(MetricValue("mcnemar_p_value", stats.mcnemar_exact(production_only_wrong, candidate_only_wrong)
                            if count else None, slice=slice_name, support=production_only_wrong + candidate_only_wrong))
     out.append(_roc_auc(columns, rows, slice_name, settings, full))
+    if full:  # each class's recall, so a rare class the accuracy barely weighs can be judged on its own
+        for label in columns.truth_classes:
+            out.append(_per_model(means, f"class_recall:{label}", lambda m, k=label: m(f"ptp:{k}") / m(f"ap:{k}"),
+                                  lambda m, k=label: m(f"ctp:{k}") / m(f"ap:{k}"), means.count(f"ap:{label}"),
+                                  slice_name))
     return out
 
 

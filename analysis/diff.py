@@ -119,7 +119,8 @@ def noise_band_of(noise: np.ndarray, replay_score: np.ndarray, production_score:
 def beyond_noise(frame: pd.DataFrame, band: float | None, abs_tolerance: float, rel_tolerance: float) -> np.ndarray:
     """Per record: does the candidate differ from production by more than replay noise explains?
 
-    A label flip is real unless replayed production flipped the same record too. A score change is
+    A label flip is real unless replayed production flipped the same record too, or its score moved within
+    the noise band (noise near the threshold flips records at random). A score change is
     real when it exceeds the noise band (or, without a noise floor, both tolerances). A record whose
     answers hash alike is never a difference; one without labels or scores counts when its hash differs
     and the tolerant comparison failed.
@@ -154,6 +155,10 @@ def beyond_noise_of(production_score: np.ndarray, candidate_score: np.ndarray, l
     else:
         allowed = band
     score_real = scored & (change > allowed)
+    if band is not None:
+        # A label flip whose score moved, but no more than replay noise, is noise near the threshold: replayed
+        # production flips other records near it just as often. (A flip with an unchanged score is real.)
+        label_real = label_real & ~(scored & (change > 0) & (change <= band))
     del change
     other_real = ~labelled & ~scored & ~same_hash & ~tolerant
     return (label_real | score_real | other_real) & ~same_hash

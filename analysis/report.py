@@ -13,11 +13,11 @@ from pathlib import PurePath
 from typing import Any
 
 from analysis.gate import Decision
-from analysis.quarantine import REASONS
+from analysis.quarantine import REASONS, owner_of
 from analysis.report_operational import operational_section
 from analysis.results import Accounting, Comparison
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 SUMMARY_LIMIT = 1024
 """SageMaker's ModelApprovalDescription (UpdateModelPackage) is at most 1024 characters."""
 SCORE_QUANTILES = ("min", "p01", "p05", "p50", "p95", "p99", "max")
@@ -31,11 +31,12 @@ def build_report(run_info: dict, accounting: Accounting, comparison: Comparison,
         "report_version": REPORT_VERSION,
         "run": _plain(run_info, sort=True),
         "verdict": {"status": decision.status, "approved": evaluation["approved"],
-                    "reasons": list(decision.reasons)},
+                    "rejected": evaluation["rejected"], "inconclusive": evaluation["inconclusive"],
+                    "reasons": list(decision.reasons), "task": evaluation["task"], "policy": evaluation["policy"]},
         "accounting": {
             **{k: v for k, v in evaluation["accounting"].items() if k != "by_reason"},
             "quarantine": [
-                {"reason": code, "records": count, "stage": _reason_field(code, "stage"),
+                {"reason": code, "records": count, "owner": owner_of(code), "stage": _reason_field(code, "stage"),
                  "meaning": _reason_field(code, "meaning"), "fix": _reason_field(code, "fix")}
                 for code, count in evaluation["accounting"]["by_reason"].items()
             ],
@@ -78,8 +79,13 @@ def summary_markdown(report: dict) -> str:
         head += f" (run {run['run_id']})"
     lines = [_clip(head), ""]
     lines.append(_clip(f"Records: {acc['captured']} captured = {acc['joined']} joined + "
-                       f"{acc['quarantined']} quarantined (coverage {acc['coverage']:.2%})"))
+                       f"{acc['quarantined']} quarantined (coverage {acc['coverage']:.2%})"
+                       + _owners_text(acc.get("by_owner") or {})))
     lines += [_clip(f"- {reason}") for reason in verdict["reasons"]]
+    task = verdict.get("task") or {}
+    if task:
+        lines.append(_clip(f"Judged on {task.get('judged_on')}: {task.get('task') or 'task unknown'} "
+                           f"({task.get('why')})"))
     names = [n for n in _SUMMARY_METRICS if (report["headline"].get(n) or {}).get("value") is not None]
     headline = [f"{name} {_short(report['headline'][name]['value'])}" for name in names]
     if headline:
@@ -90,6 +96,11 @@ def summary_markdown(report: dict) -> str:
 
 _SUMMARY_METRICS = ("label_agreement", "cohen_kappa", "accuracy", "real_difference_rate", "replay_exact_match_rate",
                     "mae", "score_psi")
+
+
+def _owners_text(owners: dict[str, int]) -> str:
+    lost = [f"{owner} {count}" for owner, count in owners.items() if count]
+    return f"; quarantined by owner: {', '.join(lost)}" if lost else ""
 
 
 def _fit(lines: list[str], tail: list[str], limit: int) -> str:
@@ -108,7 +119,7 @@ def render_html(report: dict) -> str:
     verdict = report["verdict"]
     run = report.get("run", {})
     status = verdict["status"]
-    css_class = "ok" if verdict["approved"] else "bad"
+    css_class = {"Approved": "ok", "Rejected": "bad"}.get(status, "wait")
     title = f"shadow-eval {status}" + (f" — run {run['run_id']}" if run.get("run_id") else "")
     parts = [
         "<!DOCTYPE html>",
@@ -118,6 +129,7 @@ def render_html(report: dict) -> str:
         f"<style>{_CSS}</style></head><body>",
         f'<div class="banner {css_class}" id="verdict"><h1>{_e(status)}</h1>',
         "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"]) + "</ul></div>",
+        _policy_section(verdict),
         _run_section(run),
         _checks_section(report["checks"]),
         _accounting_section(report["accounting"]),
@@ -141,6 +153,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:76rem;color:#222;padding:0 1rem}
 h1{margin:0 0 .4rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .banner{padding:1rem 1.4rem;border-radius:6px;color:#fff}.ok{background:#2e7d32}.bad{background:#c62828}
+.wait{background:#8a6d00}
 table{border-collapse:collapse;margin:.5rem 0}table.wide{width:100%}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.text{overflow-wrap:anywhere;min-width:9rem}td.interval{text-align:right;font-variant-numeric:tabular-nums}
@@ -150,6 +163,26 @@ tr.flagged td{background:#fdecea;font-weight:600}td.code{font-family:ui-monospac
 max-width:28rem;overflow-wrap:anywhere}.legend span{display:inline-block;margin-right:1rem}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 """.strip()
+
+
+_POLICY_TEXT = (
+    "Approved: the evidence shows the candidate is no worse than production by more than the margin. "
+    "Rejected: it shows the candidate is worse, or broken. Inconclusive: it cannot tell yet. With ground truth "
+    "the task's quality metric (accuracy, and recall of minority classes; or MAE) is judged by non-inferiority "
+    "on the paired interval of candidate - production, overall and per slice. Without ground truth the candidate "
+    "is approved only when equivalent to production within replay noise, rejected when broken (one constant "
+    "answer, inverted labels), and otherwise awaits ground truth. Records the capture spoiled are excluded; "
+    "the candidate's own failures count against it; records the evaluation lost never do.")
+
+
+def _policy_section(verdict: dict) -> str:
+    task, policy = verdict.get("task") or {}, verdict.get("policy") or {}
+    if not task and not policy:
+        return ""
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_short(v))}</td></tr>" for k, v in policy.items())
+    return (f"<h2>What was judged</h2><p><b>{_e(task.get('task') or 'no task (no ground truth)')}</b>, on "
+            f"{_e(task.get('judged_on') or '')}: {_e(task.get('why') or '')}.</p>"
+            f"<p class=muted>{_e(_POLICY_TEXT)}</p><table>{rows}</table>")
 
 
 def _run_section(run: dict) -> str:
@@ -166,13 +199,19 @@ def _accounting_section(acc: dict) -> str:
     balanced = "balanced" if acc["balanced"] else "NOT balanced: records are unaccounted for"
     text = (f"<p>{captured} captured = {joined} joined + {quarantined} quarantined "
             f"({_e(balanced)}; coverage {acc['coverage']:.2%})</p>")
+    owners = acc.get("by_owner") or {}
+    if owners:
+        text += ("<p>Quarantined by owner: " + ", ".join(f"{_e(o)} {n}" for o, n in owners.items())
+                 + " <span class=muted>(capture: excluded; candidate: counts against it; evaluation: the tool's own "
+                 "loss, never the candidate's)</span></p>")
     bar = _stacked_bar([("joined", joined, "#2e7d32"), ("quarantined", quarantined, "#c62828")],
                        max(captured, joined + quarantined))
     rows = "".join(
-        f"<tr><td>{_e(q['reason'])}</td><td>{_e(q['stage'] or '')}</td><td class=num>{q['records']}</td>"
+        f"<tr><td>{_e(q['reason'])}</td><td>{_e(q.get('owner') or '')}</td><td>{_e(q['stage'] or '')}</td>"
+        f"<td class=num>{q['records']}</td>"
         f"<td>{_e(q['meaning'] or '')}</td><td>{_e(q['fix'] or '')}</td></tr>"
         for q in acc["quarantine"])
-    table = ("<table><tr><th>reason</th><th>stage</th><th>records</th><th>meaning</th><th>what to do</th></tr>"
+    table = ("<table><tr><th>reason</th><th>owner</th><th>stage</th><th>records</th><th>meaning</th><th>what to do</th></tr>"
              f"{rows}</table>" + _bars([(q["reason"], q["records"]) for q in acc["quarantine"]], "#c62828")
              if rows else "<p class=muted>Nothing was quarantined.</p>")
     return f"<h2>Records</h2>{text}{bar}<h3>Quarantine by reason</h3>{table}"
@@ -181,7 +220,7 @@ def _accounting_section(acc: dict) -> str:
 def _checks_section(checks: list[dict]) -> str:
     rows = []
     for c in checks:
-        css = "" if c["passed"] else ("missing" if c["outcome"] == "missing" else
+        css = "" if c["passed"] else ("missing" if c["outcome"] in ("missing", "undecided") else
                                       "warn" if c["severity"] == "warning" else "fail")
         interval = (f"[{_short(c.get('ci_low'))}, {_short(c.get('ci_high'))}]"
                     if c.get("ci_low") is not None or c.get("ci_high") is not None else "")

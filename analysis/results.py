@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from analysis.diff import RecordDiff
+from analysis.quarantine import OWNERS, owner_of
 from analysis.segments import SegmentScan
 from analysis.slices import Segment
 
@@ -21,6 +22,30 @@ class Accounting:
     @property
     def coverage(self) -> float:
         return self.joined / self.captured if self.captured else 0.0
+
+    @property
+    def by_owner(self) -> dict[str, int]:
+        """Quarantined records by whose loss they are: capture, candidate, evaluation (each present, maybe 0)."""
+        owners = dict.fromkeys(OWNERS, 0)
+        for code, count in self.by_reason.items():
+            owners[owner_of(code)] += count
+        return owners
+
+    @property
+    def usable(self) -> int:
+        """Captured records the capture did not spoil: what the candidate and the evaluation answer for."""
+        return self.captured - self.by_owner["capture"]
+
+    @property
+    def candidate_coverage(self) -> float | None:
+        """Joined / (joined + the candidate's own losses): capture and evaluation losses are not held against it."""
+        asked = self.joined + self.by_owner["candidate"]
+        return self.joined / asked if asked else None
+
+    @property
+    def evaluation_loss(self) -> float | None:
+        """Share of usable records the evaluation itself lost (None when nothing was usable)."""
+        return self.by_owner["evaluation"] / self.usable if self.usable > 0 else None
 
     @property
     def balanced(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from analysis.compare import METRICS
 from steps import names, safe_files
 
 InputFormat = Literal["auto", "csv", "jsonlines", "json", "binary"]
@@ -149,8 +150,9 @@ class CompareConfig:
     """Seed of the bootstrap, so a re-judged run gets the same intervals."""
     thresholds: tuple[float, ...] = (0.5,)
     """Decision thresholds on the score: records whose score crosses one are counted, by direction."""
-    noise_quantile: float = 0.99
-    """A score change within this quantile of |replayed - captured production| counts as replay noise."""
+    noise_quantile: float = 0.999
+    """A score change within this quantile of |replayed - captured production| counts as replay noise (and
+    1 - this is the share of an identical model's answers expected beyond it, which equivalence allows)."""
     psi_bins: int = 10
     """Quantile bins of the production scores for PSI."""
     top_changes: int = 20
@@ -201,16 +203,38 @@ class GateCheck:
     slices: bool = False
     """Also judge every slice with enough support; a slice fails when it is credibly on the wrong side of the
     threshold after Holm's correction over the slices at gate.slice_alpha."""
+    required: bool = False
+    """critical: a metric that cannot be computed fails the run (exit 1) instead of making it Inconclusive."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """The margins of the default policy (analysis.gate): what counts as no worse, equivalent, broken."""
+
+    accuracy_margin: float = 0.01
+    """Classification with labels: the lower bound of candidate - production accuracy must be >= -this."""
+    recall_margin: float = 0.05
+    """A minority class rejects when its recall credibly drops by more than this (Holm over the classes)."""
+    minority_class_share: float = 0.2
+    """A class under this share of the labelled records (and under half an even split) is a minority class."""
+    mae_margin: float = 0.05
+    """Regression with labels: the upper bound of candidate - production MAE must be <= this x production's MAE."""
+    equivalence_margin: float = 0.01
+    """Without labels: approved only when real_difference_rate's upper bound is <= this."""
+    agreement_floor: float = 0.5
+    """Without labels: label agreement whose upper bound is below this is broken (inverted labels) and rejects."""
 
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
     min_records: int = 1
+    """Fewer joined records than this is no evidence: Inconclusive, never Approved (at least 1)."""
     min_coverage: float = 0.99
-    """Joined / captured records below this never approves."""
+    """The candidate must answer this share of the records put to it; the evaluation may lose 1 - this."""
     checks: tuple[GateCheck, ...] = ()
     slice_alpha: float = 0.05
     """Family-wise error rate of a slice check across its slices (Holm)."""
+    policy: PolicyConfig = PolicyConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +332,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "compare.abs_tolerance": (0, float("inf")),
     "compare.rel_tolerance": (0, float("inf")),
     "gate.min_records": (1, float("inf")),
+    "gate.policy.accuracy_margin": (0, 1),
+    "gate.policy.recall_margin": (0, 1),
+    "gate.policy.minority_class_share": (0, 0.5),
+    "gate.policy.mae_margin": (0, float("inf")),
+    "gate.policy.equivalence_margin": (0, 1),
+    "gate.policy.agreement_floor": (0, 1),
     "gate.min_coverage": (0, 1),
     "gate.slice_alpha": (1e-6, 0.5),
     "compare.bootstrap_resamples": (0, 100_000),
@@ -326,6 +356,8 @@ _CRON = re.compile(r"\S+( \S+){5}")
 _NAMED = (("registry.group", "model package group"), ("tables.database", "database"),
           ("capture.endpoint", "endpoint"), ("capture.variant", "variant"))
 """Config values that become paths or SQL, and the rule (steps.names) each must fully match."""
+# Metrics whose value can be below zero (the others are shares, counts, distances or errors).
+_SIGNED_METRICS = {"mean_score_delta", "mean_score", "cohen_kappa"}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -372,6 +404,8 @@ def config_from_mapping(data: dict[str, Any], source: str = "<config>") -> Confi
     if registry_path.is_absolute() or ".." in registry_path.parts:
         raise ConfigError(source, "registry.path", f"{config.registry.path!r} must be a path inside the workspace "
                           "(relative, without ..)")
+    for i, check in enumerate(config.gate.checks):
+        _check_gate_check(check, f"gate.checks[{i}]", source)
     if config.aws is not None:
         _check_aws(config.aws, config, source)
     return config
@@ -394,6 +428,21 @@ def parse_utc(text: str) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(dt.timezone.utc)
+
+
+def _check_gate_check(check: GateCheck, key: str, source: str) -> None:
+    """A check must name a metric compare produces, with a threshold that means something for it."""
+    spec = METRICS.get(check.metric.split(":", 1)[0])  # class_recall:<label> is one class's recall
+    if spec is None:
+        raise ConfigError(source, f"{key}.metric", f"{check.metric!r} is not a metric compare produces "
+                          f"(known: {', '.join(sorted(METRICS))})")
+    if check.relative_to_production and spec.kind != "per_model":
+        raise ConfigError(source, f"{key}.relative_to_production",
+                          f"{check.metric} is not a per-model metric, so it has no candidate - production delta")
+    if not check.relative_to_production and check.threshold < 0 and check.metric not in _SIGNED_METRICS:
+        raise ConfigError(source, f"{key}.threshold", f"{check.threshold} is negative, which {check.metric} never is")
+    if check.required and check.severity != "critical":
+        raise ConfigError(source, f"{key}.required", "only a critical check can be required")
 
 
 def _check_aws(settings: AwsSettings, config: Config, source: str) -> None:
@@ -478,6 +527,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if hint in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
             raise ConfigError(source, key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
         _check_range(key, value, source)
         return hint(value)
     if hint is str:

@@ -29,7 +29,7 @@ from analysis.canonical import values_match
 from analysis.ground_truth import GroundTruthError, ground_truth_records
 from analysis.outputs import OutputParseError, ParsedOutput, non_finite, outputs_match, parse_body, parse_output, \
     parse_value, split_document
-from analysis.quarantine import REASONS
+from analysis.quarantine import REASONS, replay_failure_code
 from analysis.records import request_records
 from analysis.results import Accounting
 from steps import safe_files
@@ -186,13 +186,15 @@ class _Side:
     def _answer(self, row: dict[str, Any]) -> Answer:
         replay_file = row.get("replay_file")
         if not replay_file:
-            return _Problem("replay_file_failed", "prepare wrote this record to no replay file")
+            return _Problem("replay_output_missing", "prepare wrote this record to no replay file")
         group, out_path = self._locate(replay_file)
         failure = self._failure(replay_file, group)
         if failure is not None:
-            return _Problem("replay_file_failed", f"{self.side} transform of {replay_file} failed ({failure})")
-        if not out_path.exists():
-            return _Problem("replay_file_failed", f"{self.side} wrote no {out_path.relative_to(self.root)}")
+            # Whose loss it is follows the transformer's reason (the text before the colon).
+            return _Problem(replay_failure_code(failure.split(":", 1)[0]),
+                            f"{self.side} transform of {replay_file} failed ({failure})")
+        if not out_path.exists():  # the output is not where the join looks: the evaluation's loss
+            return _Problem("replay_output_missing", f"{self.side} wrote no {out_path.relative_to(self.root)}")
         try:
             if group == "binary":
                 return self._binary(out_path, row)
@@ -316,7 +318,7 @@ class _Side:
             return _Problem("replay_output_mismatch", f"{where} echoes a request without this record at index {index}")
         answers = split_document(output, self.parsing)
         if len(answers) != len(requests):
-            return _Problem("replay_output_mismatch",
+            return _Problem("candidate_count_mismatch",
                             f"{where}: {len(answers)} answers for {len(requests)} records in the request")
         return parse_value(answers[index], self.parsing, self.decimals)
 

@@ -7,6 +7,9 @@ label in DIR replaces the record's old one, a record DIR has no label for keeps 
 the comparison, the decision, report/ (evaluation.json, report.json, report.html, summary.md) and
 the run's shadow_records / shadow_metrics / shadow_runs rows are recomputed.
 
+An Inconclusive run ("awaiting ground truth") becomes Approved or Rejected here once the labels
+decide it; exit status as `run`: 0 Approved, 3 Rejected, 4 Inconclusive.
+
 The registry follows the compare-and-set rule: the package moves only from the status the run
 began with, or from the verdict this tool itself recorded for this run (the last transition in the
 package's history names this run and the current status, and the package metadata says this run
@@ -36,11 +39,12 @@ from steps import compare, join, names, report
 from steps.backends.catalog import LocalCatalog
 from steps.backends.registry import LocalRegistry, Registry
 from steps.config import Config, ConfigError, config_from_mapping
-from steps.gate import record_verdict, write_evaluation
+from steps.gate import GateFailure, record_verdict, write_evaluation
 from steps.publish import publish_run
 
 log = logging.getLogger(__name__)
-EXIT_APPROVED, EXIT_REJECTED = 0, 3
+EXIT_STATUS = {"Approved": 0, "Rejected": 3, "Inconclusive": 4}
+"""As `run`: 0 Approved, 3 Rejected, 4 Inconclusive (1 failed, 2 bad usage come from the command line)."""
 RUN_ID_KEY, DECISION_KEY = "shadow_eval_run_id", "shadow_eval_decision"
 
 
@@ -55,7 +59,8 @@ class RegateOutcome:
     report_path: Path
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "decision": self.decision.status, "labels": self.labels,
+        return {"run_id": self.run_id, "decision": self.decision.status, "reasons": list(self.decision.reasons),
+                "task": self.decision.task, "labels": self.labels,
                 "registry": self.registry, "report": str(self.report_path),
                 "checks": [c.to_json() for c in self.decision.checks]}
 
@@ -89,6 +94,8 @@ def run(workspace: str | Path, run_id: str, ground_truth_root: str | Path,
     accounting = _accounting(run_dir)
     comparison = compare.run(config, run_dir)
     decision = decide(comparison, accounting, config.gate)
+    if decision.run_failure:
+        raise GateFailure(f"regate {run_id} failed: {decision.run_failure}")
     log.info("regate %s: %s (%s)", run_id, decision.status, "; ".join(decision.reasons[:3]))
 
     report_path = run_dir / "report" / "report.html"
@@ -203,7 +210,7 @@ def _cmd_regate(args: argparse.Namespace) -> int:
             print(f"  - {reason}")
         print(f"  registry: {outcome.registry.get('note')}")
         print(f"  report: {outcome.report_path}")
-    return EXIT_APPROVED if outcome.decision.approved else EXIT_REJECTED
+    return EXIT_STATUS[outcome.decision.status]
 
 
 def _utc_now() -> str:

@@ -160,6 +160,18 @@ CASES = {
                                   roc_auc_score(binary_truth, binary_p_score),
                                   roc_auc_score(binary_truth, binary_c_score)),
     "mcnemar_p_value": lambda: math.isclose(value(compare(BINARY, CONFIG), "mcnemar_p_value"), _mcnemar_oracle()),
+    "class_recall": lambda: all(
+        _per_model(compare(LABELLED, CONFIG).metric(f"class_recall:{label}"),
+                   *(recall_score(truth_labels, side, labels=[label], average=None, zero_division=0)[0]
+                     for side in (production_labels, candidate_labels)))
+        for label in ("0", "1", "2"))
+    and all(_per_model(compare(BINARY, CONFIG).metric(f"class_recall:{label}"),
+                       *(recall_score(binary_truth, side, labels=[label], average=None)[0] for side in (BINARY_P, BINARY_C)))
+            for label in (0, 1)),
+    "candidate_answer_rate": lambda: value(compare(joined(
+        production_score=[0.5, 0.5, None, 0.5, None], candidate_score=[0.5, None, 0.1, None, None],
+        production_label=[None, None, None, None, "a"], candidate_label=[None, "b", None, None, None]), CONFIG),
+        "candidate_answer_rate") == pytest.approx(2 / 4),
 }
 
 
@@ -304,7 +316,7 @@ def test_replay_noise_is_not_blamed_on_the_candidate():
     result = compare(frame, CONFIG)
     assert value(result, "tolerant_match_rate") == 0.0  # without the noise floor everything differs
     assert value(result, "real_difference_rate") == 0.0
-    assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), 0.99))
+    assert value(result, "noise_score_band") == pytest.approx(np.quantile(np.abs(noise), CONFIG.noise_quantile))
 
 
 def _streamed(frame: pd.DataFrame, config, parts: int, seed: int = 0):

@@ -45,7 +45,33 @@ BAD = [
     ({"registry": {"group": "bad group; drop table"}}, "registry.group", "plain name"),
     ({"tables": {"database": "x'y"}}, "tables.database", "plain name"),
     ({"compare": {"decimals": 1.5}}, "compare.decimals", "integer"),
+    # the verdict policy
+    ({"gate": {"min_records": 0}}, "gate.min_records", "outside [1"),
+    ({"gate": {"checks": [{"metric": "accuracy", "threshold": float("nan")}]}}, "gate.checks[0].threshold",
+     "finite"),
+    ({"gate": {"checks": [{"metric": "accuracy", "threshold": float("inf")}]}}, "gate.checks[0].threshold",
+     "finite"),
+    ({"gate": {"checks": [{"metric": "label_agreement", "threshold": -0.1}]}}, "gate.checks[0].threshold",
+     "negative"),
+    ({"gate": {"checks": [{"metric": "acuracy", "threshold": 0.9}]}}, "gate.checks[0].metric", "not a metric"),
+    ({"gate": {"checks": [{"metric": "label_agreement", "threshold": 0.9, "relative_to_production": True}]}},
+     "gate.checks[0].relative_to_production", "not a per-model metric"),
+    ({"gate": {"checks": [{"metric": "f1", "threshold": 0.9, "severity": "warning", "required": True}]}},
+     "gate.checks[0].required", "only a critical"),
+    ({"gate": {"policy": {"accuracy_margin": -0.01}}}, "gate.policy.accuracy_margin", "outside"),
+    ({"gate": {"policy": {"equivalence_margin": float("nan")}}}, "gate.policy.equivalence_margin", "finite"),
+    ({"gate": {"policy": {"minority_class_share": 0.9}}}, "gate.policy.minority_class_share", "outside"),
+    ({"gate": {"policy": {"margin": 0.1}}}, "gate.policy.margin", "unknown key"),
 ]
+
+
+def test_signed_and_per_class_thresholds_are_allowed():
+    config = config_from_mapping({"gate": {"checks": [
+        {"metric": "accuracy", "threshold": -0.02, "relative_to_production": True, "judge_on": "interval"},
+        {"metric": "cohen_kappa", "threshold": -0.1}, {"metric": "class_recall:malignant", "threshold": 0.8},
+        {"metric": "accuracy", "threshold": 0.9, "required": True}]}})
+    assert [c.required for c in config.gate.checks] == [False, False, False, True]
+    assert config.gate.policy.accuracy_margin == 0.01
 
 
 @pytest.mark.parametrize("data, key, problem", BAD, ids=[case[1] for case in BAD])

@@ -35,15 +35,18 @@ def test_demo_ends_in_a_verdict_with_every_record_accounted_for(demo_run):
     records = result["records"]
     assert records["captured"] > 120  # multi-row calls carry several records
     assert records["captured"] == records["joined"] + records["quarantined"]
-    assert result["decision"] in ("Approved", "Rejected")
-    assert code == (pipeline.EXIT_APPROVED if result["decision"] == "Approved" else pipeline.EXIT_REJECTED)
+    assert result["decision"] in ("Approved", "Rejected", "Inconclusive") and result["reasons"]
+    assert code == pipeline.EXIT_STATUS[result["decision"]]
+    assert result["task"]["task"] == "classification" and result["task"]["why"]
 
 
 def test_registry_holds_the_decision_with_its_evidence(demo_run):
     workspace, _, result = demo_run
     registry = LocalRegistry(workspace / "registry.sqlite")
     (package,) = registry.list_packages("shadow-eval-demo")
-    assert package.status == result["decision"]
+    # Inconclusive leaves the package pending; its description and history say why.
+    assert package.status == (result["decision"] if result["decision"] != "Inconclusive" else "PendingManualApproval")
+    assert package.metadata["shadow_eval_decision"] == result["decision"]
     assert result["run_id"] in json.dumps(package.metadata)
     assert len(package.description) <= 1024
 
@@ -53,6 +56,8 @@ def test_reports_and_evaluation_are_written(demo_run):
     report_dir = Path(result["report"]).parent
     evaluation = json.loads((report_dir / "evaluation.json").read_text())
     assert evaluation["approved"] == (1 if result["decision"] == "Approved" else 0)
+    assert evaluation["decision"] == result["decision"] and evaluation["evaluation_version"] == 3
+    assert evaluation["rejected"] + evaluation["inconclusive"] + evaluation["approved"] == 1
     report = json.loads((report_dir / "report.json").read_text())
     assert report["accounting"]["captured"] == result["records"]["captured"]
     html = (report_dir / "report.html").read_text()

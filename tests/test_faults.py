@@ -72,7 +72,11 @@ def assert_complete(tmp_path: Path, outcome) -> None:
     assert (accounting.captured, accounting.joined, accounting.quarantined) == (RECORDS, RECORDS, 0)
     ids = table_ids(tmp_path, outcome.run_id)
     assert len(ids) == len(set(ids)) == RECORDS
-    assert outcome.decision == "Approved"
+    # An identical candidate with no labels: nothing against it, but 24 records cannot show equivalence.
+    evaluation = json.loads((outcome.run_dir / "report" / "evaluation.json").read_text())
+    equivalence = next(c for c in evaluation["checks"] if c["name"] == "equivalent_to_production")
+    assert outcome.decision == "Inconclusive" and equivalence["outcome"] == "undecided"
+    assert equivalence["estimate"] == 0.0
 
 
 def run_faulty_then_healthy(tmp_path, capture, hook, reason: str, **replay):

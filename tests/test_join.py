@@ -140,7 +140,9 @@ def test_every_captured_record_ends_in_one_place(run_dir, config):
     result = join.run(config, run_dir)
     assert result.accounting.balanced
     assert (result.accounting.captured, result.accounting.joined, result.accounting.quarantined) == (15, 7, 8)
-    assert result.accounting.by_reason == {"duplicate_event_id": 1, "malformed_json": 1, "replay_file_failed": 2,
+    # The candidate's HTTP 500 is its own failure; a missing .out is the evaluation's loss.
+    assert result.accounting.by_reason == {"duplicate_event_id": 1, "malformed_json": 1, "replay_file_failed": 1,
+                                           "replay_output_missing": 1,
                                            "replay_output_mismatch": 2, "unparsable_candidate_output": 1,
                                            "unparsable_production_output": 1}
 
@@ -150,7 +152,7 @@ def test_quarantine_reasons(run_dir, config):
         "e3:0@a.jsonl": "unparsable_production_output", "e4:0@a.jsonl": "replay_output_mismatch",
         "e6:0@b.jsonl": "replay_output_mismatch", "e13:0@b.jsonl": "unparsable_candidate_output",
         "e9:0@c.jsonl": "replay_file_failed", "e2:0@c.jsonl": "duplicate_event_id",
-        "e11:0@c.jsonl": "replay_file_failed"}
+        "e11:0@c.jsonl": "replay_output_missing"}
 
 
 # record_id -> production score, candidate score, production label, candidate label, exact, tolerant, truth

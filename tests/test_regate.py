@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from steps import regate
+from analysis.results import Accounting
+from steps import compare, gate, regate
 from steps.backends.registry import LocalRegistry
 from steps.capture_writer import GroundTruthLabel, write_ground_truth
 from steps.config import CompareConfig, Config, GateCheck, GateConfig, RegistryConfig, to_mapping
@@ -144,3 +145,30 @@ def test_labels_in_another_vocabulary_are_an_error_and_leave_the_registry_alone(
     assert code == 1
     assert "{benign, malignant}" in message and "{0, 1}" in message and "ground_truth.label_path" in message
     assert (registry.describe(package).status, len(registry.history(package))) == before
+
+
+def test_an_inconclusive_run_awaits_labels_then_regate_decides(tmp_path, capsys):
+    workspace, registry, package = _finished_run(tmp_path, [None] * N)
+    run_dir = workspace / "runs" / RUN_ID
+    config = _config(workspace)
+    # The run itself had no labels and a candidate that differs: it waits, the package stays pending.
+    decision = gate.run(config, run_dir, compare.run(config, run_dir), Accounting(N, N, 0), registry, package,
+                        "PendingManualApproval", RUN_ID)
+    assert decision.status == "Inconclusive" and "awaiting ground truth" in decision.reasons[0]
+    assert registry.describe(package).status == "PendingManualApproval"
+    # Four labels, two favouring each model: the interval cannot decide yet (exit 4).
+    few = _labels(tmp_path / "few", {0: PRODUCTION[0], 4: PRODUCTION[4], 8: CANDIDATE[8], 12: CANDIDATE[12]})
+    assert pipeline.main(["regate", RUN_ID, "--ground-truth", str(few), "--workspace", str(workspace)]) == 4
+    assert "accuracy_non_inferior" in capsys.readouterr().out
+    assert registry.describe(package).status == "PendingManualApproval"
+    # Every label: the candidate is right where production was wrong, so it is approved (exit 0).
+    truth = _labels(tmp_path / "all", {i: CANDIDATE[i] for i in range(N)})
+    assert pipeline.main(["regate", RUN_ID, "--ground-truth", str(truth), "--workspace", str(workspace)]) == 0
+    assert registry.describe(package).status == "Approved"
+    assert [(t.from_status, t.to_status) for t in registry.history(package)] == [
+        (None, "PendingManualApproval"), ("PendingManualApproval", "PendingManualApproval"),
+        ("PendingManualApproval", "PendingManualApproval"), ("PendingManualApproval", "Approved")]
+    # Labels showing the candidate credibly worse reject it (exit 3).
+    wrong = _labels(tmp_path / "wrong", {i: PRODUCTION[i] for i in range(N)})
+    assert pipeline.main(["regate", RUN_ID, "--ground-truth", str(wrong), "--workspace", str(workspace)]) == 3
+    assert registry.describe(package).status == "Rejected"

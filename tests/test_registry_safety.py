@@ -3,6 +3,7 @@ kept, every transition audited (local history; SageMaker approval description, o
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -182,8 +183,9 @@ def world(tmp_path):
 
 
 def _run(tmp_path, root, url, package, run_id="r1"):
+    # Five identical answers cannot show equivalence within 1%; a lenient margin lets the gate decide.
     config = config_from_mapping({"workspace": str(tmp_path / "ws"), "capture": {"root": str(root)},
-                                  "candidate": {"model": url}})
+                                  "candidate": {"model": url}, "gate": {"policy": {"equivalence_margin": 0.5}}})
     return pipeline.run_local(config, run_id=run_id, candidate_package=package)
 
 
@@ -211,12 +213,36 @@ def test_resuming_a_decided_run_does_not_decide_twice(tmp_path, world):
     assert [(h.to_status, h.run_id) for h in registry.history(package)] == [(PENDING, None), ("Approved", "r1")]
 
 
-def test_a_run_with_too_little_coverage_never_approves(tmp_path, world):
+def test_bad_capture_is_excluded_not_held_against_the_candidate(tmp_path, world):
     root, registry, package = world
     write_capture_tree(root, {capture_path("ep", "v", at(11)): ["{broken"]})  # 1 of 6 records quarantined
     with ContractServer() as server:
         outcome = _run(tmp_path, root, server.url, package)
+    assert outcome.accounting.by_owner == {"capture": 1, "candidate": 0, "evaluation": 0}
+    assert outcome.decision == "Approved" and registry.describe(package).status == "Approved"
+
+
+def test_a_candidate_that_fails_calls_never_approves(tmp_path, world):
+    root, registry, package = world
+    with ContractServer(fault=lambda call: "http_500") as server:
+        outcome = _run(tmp_path, root, server.url, package)
+    assert outcome.accounting.by_owner["candidate"] == 5
     assert outcome.decision == "Rejected" and registry.describe(package).status == "Rejected"
+
+
+def test_an_inconclusive_run_leaves_the_package_pending_with_its_reasons(tmp_path, world):
+    root, registry, package = world
+    config = config_from_mapping({"workspace": str(tmp_path / "ws"), "capture": {"root": str(root)},
+                                  "candidate": {"model": "unused"}})
+    with ContractServer() as server:
+        outcome = pipeline.run_local(dataclasses.replace(config, candidate=dataclasses.replace(
+            config.candidate, model=server.url)), run_id="r1", candidate_package=package)
+    assert outcome.decision == "Inconclusive"  # five identical answers cannot show equivalence within 1%
+    info = registry.describe(package)
+    assert info.status == PENDING and info.description.startswith("**Inconclusive**")
+    assert "equivalent_to_production" in info.description
+    assert [(h.from_status, h.to_status, h.run_id) for h in registry.history(package)] == [
+        (None, PENDING, None), (PENDING, PENDING, "r1")]
 
 
 # ---------------------------------------------------------------- SageMaker Model Registry (moto)

@@ -38,7 +38,9 @@ COMPARISON = Comparison(
     flip_matrix={"legit": {"legit": 1001, "fraud": 12}, "fraud": {"legit": 20, "fraud": 155}},
     score_delta={"mean": 0.0012, "std": 0.021, "min": -0.31, "p01": -0.05, "p05": -0.02, "p50": 0.0008,
                  "p95": 0.024, "p99": 0.06, "max": 0.27, "mean_abs": 0.011},
-    has_ground_truth=True,
+    has_ground_truth=True, task="classification",
+    settings={"task_reason": "ground truth holds non-numeric values, so they are class labels",
+              "task_source": "detected"},
 )
 GATE = GateConfig(min_records=500, min_coverage=0.99, checks=(
     GateCheck("label_agreement", 0.98, name="agreement"),
