@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from analysis.compare import METRICS
+from analysis.operational import OPERATIONAL_METRICS
 from analysis.quarantine import owner_of
 from analysis.segments import judge_segments
 from analysis.results import Accounting, Comparison, MetricValue
@@ -68,6 +69,9 @@ class GateConfig(Protocol):
     slice_alpha: float
     policy: PolicyConfig
 
+
+GATE_METRICS = {**METRICS, **OPERATIONAL_METRICS}
+"""Every metric a configured check may name: the comparison's and the operational ones."""
 
 Status = Literal["Approved", "Rejected", "Inconclusive"]
 STATUSES: tuple[Status, ...] = ("Approved", "Rejected", "Inconclusive")
@@ -796,7 +800,7 @@ def _interval_of(check: GateCheck, metric: MetricValue | None) -> tuple[float | 
     """The metric's interval if it bounds the field the check judges (value or delta), else (None, None)."""
     if metric is None:
         return None, None
-    spec = METRICS.get(check.metric)
+    spec = GATE_METRICS.get(check.metric)
     field = "delta" if check.relative_to_production else "value"
     bounds = spec.interval if spec is not None else ("delta" if metric.delta is not None else "value")
     if bounds != field:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from analysis.compare import METRICS
+from analysis.gate import GATE_METRICS
 from steps import names, safe_files
 
 InputFormat = Literal["auto", "csv", "jsonlines", "json", "binary"]
@@ -190,7 +190,7 @@ class CompareConfig:
 @dataclasses.dataclass(frozen=True)
 class GateCheck:
     metric: str
-    """A metric name from analysis.compare.METRICS."""
+    """A metric name from analysis.gate.GATE_METRICS."""
     threshold: float
     direction: Literal["at_least", "at_most"] = "at_least"
     relative_to_production: bool = False
@@ -432,10 +432,10 @@ def parse_utc(text: str) -> dt.datetime:
 
 def _check_gate_check(check: GateCheck, key: str, source: str) -> None:
     """A check must name a metric compare produces, with a threshold that means something for it."""
-    spec = METRICS.get(check.metric.split(":", 1)[0])  # class_recall:<label> is one class's recall
+    spec = GATE_METRICS.get(check.metric.split(":", 1)[0])  # class_recall:<label> is one class's recall
     if spec is None:
         raise ConfigError(source, f"{key}.metric", f"{check.metric!r} is not a metric compare produces "
-                          f"(known: {', '.join(sorted(METRICS))})")
+                          f"(known: {', '.join(sorted(GATE_METRICS))})")
     if check.relative_to_production and spec.kind != "per_model":
         raise ConfigError(source, f"{key}.relative_to_production",
                           f"{check.metric} is not a per-model metric, so it has no candidate - production delta")
