@@ -1,6 +1,6 @@
 """The default policy's verdict on worlds with known truth (issue 10 item 6), through the real path.
 
-Each case builds a world (tests/worlds.py), checks the world really has the property it claims,
+Each case builds a world (bench/verdict_worlds.py), checks the world really has the property it claims,
 measured on its own ground truth, then runs `shadow-eval run` (pipeline.main -> run_local: capture ->
 prepare -> replay through the model server -> join -> compare -> gate -> registry) with
 configs/local.yaml's gate untouched, and asserts the decision, its exit status and the registry.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import pipeline
-import worlds
+from bench import verdict_worlds as worlds
 from steps.backends.registry import LocalRegistry
 
 SEED = 20

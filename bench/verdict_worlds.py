@@ -4,7 +4,7 @@
     outcome = pipeline.run_local(load_config(world.config(labels=True)), candidate_package=world.register_candidate())
 
 A world is a production and a candidate model (SageMaker scikit-learn layout, code/inference.py from
-world_inference.py) whose answers are deterministic functions of the input row, a production endpoint's
+verdict_inference.py) whose answers are deterministic functions of the input row, a production endpoint's
 data capture written by steps.capture_writer from production's real answers (served by
 steps.model_server), Model Monitor ground truth for most calls, a pending candidate in a local registry,
 and a config that is configs/local.yaml with only paths changed: the gate is the default policy.
@@ -15,7 +15,7 @@ they disagree it is the candidate's with probability `candidate_right` (`segment
 inside the segment). Accuracy delta = disagreement share x (2 x candidate_right - 1).
 Traffic: CSV callers (75%) and JSON callers (25%) sending x0..x3 and a categorical tier, with
 CustomAttributes `channel=web|app|partner`; the partner integration sends x2 as a whole number.
-Imported by the tests (as `worlds`) and by bench.verdict (as `tests.worlds`).
+Used by tests/test_verdict_worlds.py and bench/verdict.py.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from steps.config import load_config
 from steps.model_server import serve_model
 
 REPO = Path(__file__).resolve().parent.parent
-INFERENCE_CODE = Path(__file__).with_name("world_inference.py")
+INFERENCE_CODE = Path(__file__).with_name("verdict_inference.py")
 DEFAULT_CONFIG = REPO / "configs" / "local.yaml"
 ENDPOINT, VARIANT = "worlds-prod", "AllTraffic"
 REFERENCE = dt.datetime(2025, 6, 2, 12, 0, tzinfo=dt.timezone.utc)
@@ -162,8 +162,8 @@ class World:
 # ------------------------------------------------------------------ the models
 
 def load_rules():
-    """world_inference as a module: the builder computes answers with the very code the models serve."""
-    spec = importlib.util.spec_from_file_location("world_inference", INFERENCE_CODE)
+    """verdict_inference as a module: the builder computes answers with the very code the models serve."""
+    spec = importlib.util.spec_from_file_location("verdict_inference", INFERENCE_CODE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
