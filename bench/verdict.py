@@ -32,6 +32,7 @@ import math
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-verdict-"))
     started = time.perf_counter()
-    samples, pooled, seeds, timings = [], {}, {}, {}
+    samples, pooled, seeds, timings, sizes = [], {}, {}, {}, {}
     for number, name in enumerate(dict.fromkeys(target[0] for target in TARGETS)):
         seed = args.seed + number
         seeds[name] = seed
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         world = worlds.build(out / name, worlds.WORLDS[name], seed=seed, records=args.samples * args.records)
         outcome = pipeline.run_local(load_config(world.config(labels=True)), run_id="pooled")
-        pooled[name] = outcome.decision
+        pooled[name], sizes[name] = outcome.decision, len(world.records)
         timings[f"{name}: build + real path, {len(world.records)} records"] = round(time.perf_counter() - began, 1)
         began = time.perf_counter()
         labelled_variants = sorted({labels for world_name, labels, *_ in TARGETS if world_name == name})
@@ -96,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             round(time.perf_counter() - began, 1)
     rates = [rate(samples, *target) for target in TARGETS]
     results = {"samples": args.samples, "records_per_sample": args.records, "seeds": seeds,
-               "pooled_decisions": pooled, "rates": rates, "timings_s": timings,
+               "world_records": sizes, "pooled_decisions": pooled, "rates": rates, "timings_s": timings,
                "seconds": round(time.perf_counter() - started, 1),
                "machine": {"python": platform.python_version(), "platform": platform.platform()},
                "per_sample": [dataclasses.asdict(s) for s in samples]}
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     print(table(results))
     if not args.out:
@@ -159,7 +161,7 @@ def rate(samples: list[Sample], world: str, labels: bool, outcome: str, name: st
             "met": met, "decisions": decisions}
 
 
-def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson(hits: int, n: int, z: float = statistics.NormalDist().inv_cdf(0.975)) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion."""
     if n == 0:
         return math.nan, math.nan
