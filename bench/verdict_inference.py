@@ -4,7 +4,8 @@ model.joblib holds a dict of parameters; every answer is a deterministic functio
 (plus Gaussian score noise when `noise` is set, to model a nondeterministic production).
 Rows: x0, x1, x2, x3 (numbers) and tier (a, b, c or d).
 Requests: text/csv (one row per line), application/json ({"instances": [{x0.., tier}, ...]} or rows as
-lists), application/jsonlines (one object per line). Answers by Accept, one per row:
+lists), application/jsonlines (one object per line). Answers by Accept (or always in `answers`, when set:
+a model that ignores Accept, as some containers do), one per row:
   text/csv               the score, one per line
   application/json       {"predictions": [{"score": s, "predicted_label": l}, ...]} (regression: score only)
   application/jsonlines  one {"score": s, "predicted_label": l} per line
@@ -51,18 +52,19 @@ def _row(item) -> list:
     return [float(v) for v in values[:4]] + [str(values[4]).strip()]
 
 
-def predict_fn(rows: list[list], params: dict) -> tuple[str, list[float]]:
-    """The task and one answer per row; with `noise`, the scores jitter from call to call."""
+def predict_fn(rows: list[list], params: dict) -> tuple[dict, list[float]]:
+    """The parameters and one answer per row; with `noise`, the scores jitter from call to call."""
     answers = [answer(row, params) for row in rows]
     if params.get("noise"):
         answers = [min(1.0, max(0.0, a + _NOISE.gauss(0.0, params["noise"]))) for a in answers]
-    return params["task"], [round(a, 6) for a in answers]
+    return params, [round(a, 6) for a in answers]
 
 
-def output_fn(prediction: tuple[str, list[float]], accept: str) -> tuple[str, str]:
-    """The answers in the caller's Accept type."""
-    task, answers = prediction
-    kind = (accept or "application/json").split(";")[0].strip()
+def output_fn(prediction: tuple[dict, list[float]], accept: str) -> tuple[str, str]:
+    """The answers in the caller's Accept type, or in the model's fixed `answers` type."""
+    params, answers = prediction
+    task = params["task"]
+    kind = params.get("answers") or (accept or "application/json").split(";")[0].strip()
     if kind == "text/csv":
         return "".join(f"{a!r}\n" for a in answers), "text/csv"
     records = [{"score": a} if task == "regression" else {"score": a, "predicted_label": int(a >= 0.5)}

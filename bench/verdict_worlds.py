@@ -37,7 +37,7 @@ import joblib
 import yaml
 
 from steps.backends.registry import LocalRegistry
-from steps.capture_writer import CaptureWriter, DataCaptureSettings, GroundTruthLabel, random_uuid4, write_ground_truth
+from steps.capture_writer import CaptureWriter, DataCaptureSettings, GroundTruthLabel, write_ground_truth
 from steps.config import load_config
 from steps.model_server import serve_model
 
@@ -77,15 +77,15 @@ class Spec:
                                                    ("application/json", "application/json", 0.25))
     expect_labelled: str = "Approved"
     expect_unlabelled: str = "Approved"
-    segment_name: tuple[str, ...] = ()
-    """Words the reasons must hold when the segment rejects (e.g. the attribute key and value)."""
+    answers: str | None = None
+    """Both models answer in this media type whatever the Accept (a CSV batch gets one JSON document)."""
 
 
 _FLIP = {"rule": "flip", "flip_share": 0.06}
 _SEGMENT_ATTRIBUTE = {"rule": "flip", "flip_share": 0.05, "segment_share": 0.15, "segment": {"kind": "whole_x2"}}
 _SEGMENT_COLUMN = {"rule": "flip", "flip_share": 0.05, "segment_share": 0.15,
                    "segment": {"kind": "x3_above", "cut": X3_CUT}}
-_CSV_TO = lambda accept: (("text/csv", accept, 1.0),)  # noqa: E731 - one caller kind
+_CSV_CALLERS = (("text/csv", "text/csv", 1.0),)
 
 WORLDS = {spec.name: spec for spec in (
     Spec("identical"),
@@ -99,18 +99,19 @@ WORLDS = {spec.name: spec for spec in (
          expect_labelled="Rejected", expect_unlabelled="Rejected"),
     # -15 points on channel=partner (12% of calls), +4.5 elsewhere: about +2 points overall.
     Spec("segment_attribute", candidate=_SEGMENT_ATTRIBUTE, candidate_right=0.95, segment_candidate_right=0.0,
-         expect_labelled="Rejected", expect_unlabelled="Inconclusive", segment_name=("channel", "partner")),
+         expect_labelled="Rejected", expect_unlabelled="Inconclusive"),
     # The same on x3's top 12% (x3 > X3_CUT), a range of a column no config names.
     Spec("segment_column", candidate=_SEGMENT_COLUMN, candidate_right=0.95, segment_candidate_right=0.0,
-         expect_labelled="Rejected", expect_unlabelled="Inconclusive", segment_name=("x3",)),
+         expect_labelled="Rejected", expect_unlabelled="Inconclusive"),
     Spec("nondeterministic", production_noise=0.002),
     Spec("regression_identical", task="regression"),
     Spec("regression_better", task="regression", candidate={"rule": "shift", "shift": 6.0}, candidate_right=1.0,
          expect_unlabelled="Inconclusive"),
     Spec("regression_worse", task="regression", candidate={"rule": "shift", "shift": 6.0}, candidate_right=0.0,
          expect_labelled="Rejected", expect_unlabelled="Inconclusive"),
-    Spec("shape_json_document", callers=_CSV_TO("application/json")),
-    Spec("shape_jsonlines", callers=_CSV_TO("application/jsonlines")),
+    # CSV callers; the models answer every batch with one {"predictions": [...]} document, or JSON Lines.
+    Spec("shape_json_document", callers=_CSV_CALLERS, answers="application/json"),
+    Spec("shape_jsonlines", callers=_CSV_CALLERS, answers="application/jsonlines"),
 )}
 
 
@@ -173,14 +174,15 @@ RULES = load_rules()
 
 
 def production_params(spec: Spec, noise: bool = True) -> dict:
-    return {"task": spec.task, "rule": "same", "noise": spec.production_noise if noise else 0.0}
+    return {"task": spec.task, "rule": "same", "noise": spec.production_noise if noise else 0.0,
+            "answers": spec.answers}
 
 
 def candidate_params(spec: Spec) -> dict:
     """An identical candidate is production's model, noise included (the same artifact)."""
     if spec.candidate.get("rule") == "same":
         return production_params(spec)
-    return {"task": spec.task, **spec.candidate}
+    return {"task": spec.task, "answers": spec.answers, **spec.candidate}
 
 
 def package_model(params: dict, tarball: Path) -> Path:

@@ -24,7 +24,7 @@ RECORDS = 1500
 EXIT = {"Approved": 0, "Rejected": 3, "Inconclusive": 4}
 # Segment names the reasons may use for the unnamed segments (attribute key=value; CSV column 3 or field x3).
 SEGMENT_PATTERNS = {"segment_attribute": r"channel\W{0,3}partner",
-                    "segment_column": r"\bx3\b|col(umn)?\W{0,2}\[?3\b|\[3\]|field\W{0,2}3\b|feature\W{0,2}3\b"}
+                    "segment_column": r"\bx3\b|\bc3\b|(col(umn)?|field|feature)[\W_]{0,2}\[?3\b|\[3\]"}
 FAST = {("identical", False), ("identical", True), ("better", True), ("worse", True), ("better", False),
         ("segment_attribute", True)}
 
