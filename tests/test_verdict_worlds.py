@@ -25,6 +25,7 @@ EXIT = {"Approved": 0, "Rejected": 3, "Inconclusive": 4}
 # Segment names the reasons may use for the unnamed segments (attribute key=value; CSV column 3 or field x3).
 SEGMENT_PATTERNS = {"segment_attribute": r"channel\W{0,3}partner",
                     "segment_column": r"\bx3\b|\bc3\b|(col(umn)?|field|feature)[\W_]{0,2}\[?3\b|\[3\]"}
+MISSING = re.compile(r"not computed|no value|cannot judge|awaiting", re.IGNORECASE)
 FAST = {("identical", False), ("identical", True), ("better", True), ("worse", True), ("better", False),
         ("segment_attribute", True)}
 
@@ -76,9 +77,14 @@ def test_default_policy_decides_as_the_evidence_says(world_dir, name, labels, ex
     assert evaluation["decision"] == expected
     status = LocalRegistry(built.workspace / "registry.sqlite").describe(package).status
     assert status == ("PendingManualApproval" if expected == "Inconclusive" else expected)
+    reasons = " ".join(evaluation["reasons"])
+    if expected == "Rejected":  # on evidence against the candidate, not only on what could not be computed
+        critical = [r for r in evaluation["reasons"] if not r.lower().startswith("warning")]
+        assert any(not MISSING.search(reason) for reason in critical), evaluation["reasons"]
     if name in SEGMENT_PATTERNS and labels:
-        reasons = " ".join(evaluation["reasons"])
         assert re.search(SEGMENT_PATTERNS[name], reasons, re.IGNORECASE), evaluation["reasons"]
+    if built.spec.task == "regression" and labels:  # judged on mean absolute error
+        assert "mae" in json.dumps(evaluation["reasons"] if expected == "Rejected" else evaluation).lower()
 
 
 def assert_world_has_its_property(built: worlds.World) -> None:
