@@ -11,7 +11,8 @@ Targets (issue 10): false reject <= 5% (alpha 0.05), approval >= 95%, false acce
 is printed with its count and a 95% Wilson interval.
 
 What runs, and what does not. Per world, ONE traffic population of samples x records records is
-built and sent through the real path once (capture written from production's served answers ->
+built and sent through the real path once (capture written from production's answers, its serving
+hooks called in-process rather than over HTTP, which tests/test_verdict_worlds.py shows give the same ->
 prepare -> replay of both models through the model server -> join with Model Monitor ground truth;
 `pipeline.run_local`, which also gives the pooled verdict). The joined records are then split by
 call into `samples` disjoint samples of about `records` records each - independent draws of fresh
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds[name] = seed
         print(f"world {name}: seed {seed}, {args.samples} samples x {args.records} records", file=sys.stderr)
         began = time.perf_counter()
-        world = worlds.build(out / name, worlds.WORLDS[name], seed=seed, records=args.samples * args.records)
+        world = worlds.build(out / name, worlds.WORLDS[name], seed=seed, records=args.samples * args.records,
+                             serve=False)
         outcome = pipeline.run_local(load_config(world.config(labels=True)), run_id="pooled")
         pooled[name], sizes[name] = outcome.decision, len(world.records)
         timings[f"{name}: build + real path, {len(world.records)} records"] = round(time.perf_counter() - began, 1)

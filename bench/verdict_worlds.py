@@ -19,6 +19,7 @@ Used by tests/test_verdict_worlds.py and bench/verdict.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gzip
@@ -254,10 +255,12 @@ def request_body(content_type: str, rows: list[list], rng: random.Random) -> byt
 
 # ------------------------------------------------------------------ the world on disk
 
-def build(workspace: Path, spec: Spec, seed: int, records: int = 1500) -> World:
-    """Write the world under a new workspace: models, capture (production served for real), ground truth, configs.
+def build(workspace: Path, spec: Spec, seed: int, records: int = 1500, serve: bool = True) -> World:
+    """Write the world under a new workspace: models, capture of production's answers, ground truth, configs.
 
-    Ground truth is written for LABELLED_SHARE of the calls; world.config(labels=False) runs without it.
+    serve: production answers over HTTP from steps.model_server; else its hooks answer in-process (the same
+    code without the HTTP round trips, for large worlds). Ground truth covers LABELLED_SHARE of the calls;
+    world.config(labels=False) runs without it.
     """
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
@@ -270,12 +273,14 @@ def build(workspace: Path, spec: Spec, seed: int, records: int = 1500) -> World:
     window_ms = TRAFFIC_HOURS * 3600 * 1000
     times = sorted(REFERENCE - dt.timedelta(milliseconds=rng.randrange(1, window_ms)) for _ in calls)
     labels_out, kept, mismatches = [], [], 0
-    with serve_model(production_model, workspace / "logs" / "production-server.log") as url, \
-            CaptureWriter(settings, rng) as writer:
+    server = serve_model(production_model, workspace / "logs" / "production-server.log") if serve \
+        else contextlib.nullcontext()
+    with server as url, CaptureWriter(settings, rng) as writer:
         for number, (call, moment) in enumerate(zip(calls, times)):
             content_type, accept, _ = rng.choices(spec.callers, [c[2] for c in spec.callers])[0]
             body = request_body(content_type, [r.row for r in call], rng)
-            answer, answer_type = invoke(url, body, content_type, accept)
+            answer, answer_type = invoke(url, body, content_type, accept) if serve \
+                else answer_in_process(production_params(spec), body, content_type, accept)
             mismatches += sum(abs(a - r.production) > 1e-9 for a, r in zip(answered_scores(answer, answer_type), call))
             inference_id = f"order-{seed}-{number:06d}" if rng.random() < INFERENCE_ID_SHARE else None
             done = writer.capture(body, content_type, answer, answer_type, moment, inference_id,
@@ -322,6 +327,12 @@ def invoke(base_url: str, body: bytes, content_type: str, accept: str) -> tuple[
         return answer, response.getheader("Content-Type")
     finally:
         connection.close()
+
+
+def answer_in_process(params: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+    """What the served model answers, from its hooks called directly."""
+    text, answer_type = RULES.output_fn(RULES.predict_fn(RULES.input_fn(body, content_type), params), accept)
+    return text.encode(), answer_type
 
 
 def answered_scores(body: bytes, content_type: str | None) -> list[float]:

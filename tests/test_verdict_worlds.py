@@ -156,3 +156,13 @@ def test_capture_carries_custom_attributes_and_both_encodings(world_dir):
     assert {line["eventMetadata"]["customAttributes"] for line in lines} == {
         "channel=web", "channel=app", "channel=partner"}
     assert {line["captureData"]["endpointInput"]["encoding"] for line in lines} == {"CSV", "JSON"}
+
+
+@pytest.mark.parametrize("name", ["identical", "shape_json_document"])
+def test_in_process_answers_write_the_same_capture_as_the_served_model(tmp_path, name):
+    """The bench's large worlds skip the HTTP round trips; their capture is byte for byte the served one."""
+    served, direct = (worlds.build(tmp_path / kind, worlds.WORLDS[name], seed=4, records=120, serve=kind == "served")
+                      for kind in ("served", "direct"))
+    files = {kind: {p.relative_to(w.capture_root): p.read_bytes() for p in w.capture_root.rglob("*.jsonl")}
+             for kind, w in (("served", served), ("direct", direct))}
+    assert files["served"] == files["direct"] and files["served"]
