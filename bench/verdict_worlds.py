@@ -77,6 +77,7 @@ class Spec:
     callers: tuple[tuple[str, str, float], ...] = (("text/csv", "text/csv", 0.75),
                                                    ("application/json", "application/json", 0.25))
     expect_labelled: str = "Approved"
+    """The verdict issue 10 asks of the default policy with ground truth, and without it."""
     expect_unlabelled: str = "Approved"
     answers: str | None = None
     """Both models answer in this media type whatever the Accept (a CSV batch gets one JSON document)."""
@@ -92,6 +93,7 @@ WORLDS = {spec.name: spec for spec in (
     Spec("identical"),
     # +4 points: 6% disagreement, truth the candidate's on 83.3% of it.
     Spec("better", candidate=_FLIP, candidate_right=0.8333, expect_unlabelled="Inconclusive"),
+    # +3 points (the bench's), and -3 points.
     Spec("better3", candidate=_FLIP, candidate_right=0.75, expect_unlabelled="Inconclusive"),
     Spec("worse", candidate=_FLIP, candidate_right=0.25, expect_labelled="Rejected", expect_unlabelled="Inconclusive"),
     Spec("constant", candidate={"rule": "constant", "constant": 0.2}, candidate_right=1 - BASE_ACCURACY,
@@ -104,8 +106,10 @@ WORLDS = {spec.name: spec for spec in (
     # The same on x3's top 12% (x3 > X3_CUT), a range of a column no config names.
     Spec("segment_column", candidate=_SEGMENT_COLUMN, candidate_right=0.95, segment_candidate_right=0.0,
          expect_labelled="Rejected", expect_unlabelled="Inconclusive"),
+    # Production (and the identical candidate, the same artifact) jitters its scores by N(0, 0.002) per call.
     Spec("nondeterministic", production_noise=0.002),
     Spec("regression_identical", task="regression"),
+    # The candidate is off by 6 (0.6 sigma) either way: MAE about 9.4 against 8.0 for the model truth centres on.
     Spec("regression_better", task="regression", candidate={"rule": "shift", "shift": 6.0}, candidate_right=1.0,
          expect_unlabelled="Inconclusive"),
     Spec("regression_worse", task="regression", candidate={"rule": "shift", "shift": 6.0}, candidate_right=0.0,
