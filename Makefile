@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.8
 
-.PHONY: demo test aws bench soak lock clean browser
+.PHONY: demo test aws bench bench-verdict soak lock clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ aws: $(VENV)/.full
 
 bench: $(VENV)/.local
 	$(BIN)/python -m bench $(ARGS)
+
+# How often the default policy's verdict is right over many traffic samples with known truth (minutes).
+bench-verdict: $(VENV)/.local
+	$(BIN)/python -m bench.verdict $(or $(ARGS),--samples 30 --records 1500 --json bench/out/verdict.json)
 
 # Minutes, not seconds: a multi-million-record window, peak memory per stage at each size.
 soak: $(VENV)/.local

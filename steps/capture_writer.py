@@ -121,8 +121,8 @@ class CaptureWriter:
 
     def capture(self, request: bytes, request_content_type: str | None, response: bytes,
                 response_content_type: str | None, inference_time: dt.datetime,
-                inference_id: str | None = None) -> CapturedCall | None:
-        """Record one call; None when sampling skipped it."""
+                inference_id: str | None = None, custom_attributes: str | None = None) -> CapturedCall | None:
+        """Record one call; None when sampling skipped it. custom_attributes: the caller's CustomAttributes header."""
         inference_time = inference_time.astimezone(dt.timezone.utc)
         if self._last_time is not None and inference_time < self._last_time:
             raise ValueError(f"calls must arrive in time order: {inference_time} is before {self._last_time}")
@@ -131,7 +131,7 @@ class CaptureWriter:
             return None
         event_id = random_uuid4(self._rng)
         line = json.dumps(self._record(request, request_content_type, response, response_content_type,
-                                       inference_time, event_id, inference_id),
+                                       inference_time, event_id, inference_id, custom_attributes),
                           separators=(",", ":"), ensure_ascii=False)
         path = self._object_for(inference_time)
         self._lines.append(line)
@@ -146,11 +146,15 @@ class CaptureWriter:
             log.debug("capture object %s: %d calls", self._path, len(self._lines))
         self._lines, self._path, self._opened_at = [], None, None
 
-    def _record(self, request, request_type, response, response_type, inference_time, event_id, inference_id) -> dict:
+    def _record(self, request, request_type, response, response_type, inference_time, event_id, inference_id,
+                custom_attributes) -> dict:
         metadata = {"eventId": event_id}
         if inference_id is not None:
             metadata["inferenceId"] = inference_id
         metadata["inferenceTime"] = utc_second(inference_time)
+        if custom_attributes is not None:
+            # Assumption (format notes §1: shape unconfirmed): the header's text, as the capture parser reads it.
+            metadata["customAttributes"] = custom_attributes
         return {
             "captureData": {
                 "endpointInput": capture_payload(request, request_type, "INPUT", self._encoding(request, request_type)),

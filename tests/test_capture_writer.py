@@ -217,3 +217,12 @@ def _bodies(record: dict) -> tuple[bytes, str, bytes, str]:
 
 def _time(record: dict) -> dt.datetime:
     return dt.datetime.strptime(record["eventMetadata"]["inferenceTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def test_custom_attributes_are_kept_in_the_event_metadata_only_when_sent(tmp_path):
+    with CaptureWriter(settings(tmp_path), random.Random(1)) as writer:
+        writer.capture(b"1", "text/csv", b"0", "text/csv", T0, custom_attributes="channel=web")
+        writer.capture(b"2", "text/csv", b"1", "text/csv", T0)
+    first, second = records_in(writer.objects[0])
+    assert first["eventMetadata"]["customAttributes"] == "channel=web"
+    assert "customAttributes" not in second["eventMetadata"]
