@@ -27,7 +27,6 @@ log = logging.getLogger("shadow_eval.entrypoints")
 
 PROCESSING_ROOT = "/opt/ml/processing"
 DEFAULT_WINDOW = dt.timedelta(hours=24)
-PENDING = "PendingManualApproval"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,37 +196,11 @@ def run_gate(args: argparse.Namespace, boto3_session: Any = None, registry: Any 
         return {"package_id": None, "updated": False}
     registry = registry or SageMakerRegistry((boto3_session or _boto3(settings)).client("sagemaker"))
     summary = (root / "input" / "report" / "summary.md").read_text(encoding="utf-8")
-    if args.verdict == "Inconclusive":
-        outcome = record_inconclusive(registry, package, info["status_at_start"], summary, args.run_id,
-                                      args.report_s3_uri)
-    else:
-        outcome = gate.record_verdict(registry, package, info["status_at_start"], args.verdict, summary,
-                                      args.run_id, args.report_s3_uri)
+    # Inconclusive is a compare-and-set from the status at start to itself: description and history say why.
+    outcome = gate.record_verdict(registry, package, info["status_at_start"], args.verdict, summary, args.run_id,
+                                  args.report_s3_uri)
     log.info("gate: %s", outcome)
     return outcome
-
-
-def record_inconclusive(registry: Any, package: str, status_at_start: str | None, summary: str, run_id: str,
-                        report_uri: str) -> dict[str, Any]:
-    """Keep the package PendingManualApproval; its description and metadata say why no verdict was given.
-
-    Compare-and-set as for a verdict: a package someone decided on while the run went on is left alone.
-    """
-    from steps.backends.registry import DESCRIPTION_LIMIT
-
-    base = {"package_id": package, "status_at_start": status_at_start}
-    if status_at_start != PENDING:
-        now = registry.describe(package).status
-        return {**base, "status_now": now, "updated": False,
-                "note": f"status at start was {status_at_start}, not {PENDING}; registry untouched"}
-    description = summary if len(summary) <= DESCRIPTION_LIMIT else summary[:DESCRIPTION_LIMIT - 1] + "…"
-    metadata = {"shadow_eval_run_id": run_id, "shadow_eval_decision": "Inconclusive",
-                "shadow_eval_report": report_uri}
-    if registry.set_status(package, PENDING, PENDING, description, run_id, metadata):
-        return {**base, "status_now": PENDING, "updated": True, "note": "Inconclusive: left pending, reasons recorded"}
-    now = registry.describe(package).status
-    return {**base, "status_now": now, "updated": False,
-            "note": f"status changed from {PENDING} to {now} since the run began; left alone"}
 
 
 # ---------------------------------------------------------------- AWS pieces the stages need
