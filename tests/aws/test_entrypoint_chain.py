@@ -27,8 +27,11 @@ GROUP = "churn-models"
 GROUPS = ("csv", "jsonlines", "json")
 
 
-def _container(score: str):
-    """A container answering every CSV row, JSON line and JSON document with this score."""
+def _container(score: str, document_per_batch: bool = False):
+    """A container answering every CSV row, JSON line and JSON document with this score.
+
+    document_per_batch: a CSV mini-batch is answered with one `{"predictions": [...]}` JSON document.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -38,7 +41,10 @@ def _container(score: str):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
             kind = self.headers["Content-Type"]
-            if kind == "text/csv":
+            if kind == "text/csv" and document_per_batch:
+                kind, answer = "application/json", json.dumps(
+                    {"predictions": [{"score": float(score)} for _ in body.splitlines()]})
+            elif kind == "text/csv":
                 answer = "".join(f"{score}\n" for _ in body.splitlines())
             elif kind == "application/jsonlines":
                 answer = "".join(f'{{"score": {score}}}\n' for _ in body.splitlines())
@@ -62,8 +68,8 @@ def containers():
     """url(score): a running container answering with that score; all stopped after the test."""
     servers = []
 
-    def url(score: str) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _container(score))
+    def url(score: str, document_per_batch: bool = False) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _container(score, document_per_batch))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}"
@@ -124,12 +130,14 @@ def _register(aws) -> str:
     )["ModelPackageArn"]
 
 
-def _capture(aws) -> int:
-    """Captured traffic of all three groups in the window; returns how many records it holds."""
-    calls = [("text/csv", "1,2\n3,4", "0.7\n0.7"), ("text/csv", "5,6", "0.7"),
-             ("application/jsonlines", '{"f": [1, 2]}\n{"f": [3, 4]}', '{"score": 0.7}\n{"score": 0.7}'),
-             ("application/json", '{"f": [5, 6]}', '{"score": 0.7}'),
-             ("application/json", '{"f": [7, 8]}', '{"score": 0.7}')]
+ALL_GROUPS_CALLS = (("text/csv", "1,2\n3,4", "0.7\n0.7"), ("text/csv", "5,6", "0.7"),
+                    ("application/jsonlines", '{"f": [1, 2]}\n{"f": [3, 4]}', '{"score": 0.7}\n{"score": 0.7}'),
+                    ("application/json", '{"f": [5, 6]}', '{"score": 0.7}'),
+                    ("application/json", '{"f": [7, 8]}', '{"score": 0.7}'))
+
+
+def _capture(aws, calls=ALL_GROUPS_CALLS) -> int:
+    """Captured traffic (content type, data, production's answer) in the window; returns how many records it holds."""
     lines = [capture_line(data, answer, input_type=kind, inference_time=at(10, 5 + i),
                           event_id=f"{i:08d}-0000-4000-8000-000000000000")
              for i, (kind, data, answer) in enumerate(calls)]
@@ -260,3 +268,32 @@ def test_an_empty_window_ends_inconclusive_and_leaves_the_package_pending(accoun
     assert outcome["updated"] is True and "no captured records" in described["ApprovalDescription"]
     assert described["CustomerMetadataProperties"]["shadow_eval_decision"] == "Inconclusive"
     assert [m["ModelName"] for m in aws.client("sagemaker").list_models()["Models"]] == ["churn-prod-model"]
+
+
+@pytest.mark.parametrize("join_source", ["Input", "None"])
+def test_join_compare_takes_a_batch_answered_with_one_document_record_by_record(account, tmp_path, root, containers,
+                                                                                join_source):
+    """The candidate answers each CSV mini-batch with one JSON document. Input: the transform split it record by
+    record for its join. None: the .out holds the documents as written, one per mini-batch (AssembleWith=Line)."""
+    aws, run = account, "exec3"
+    captured = _capture(aws, [("text/csv", "1,2\n3,4", "0.7\n0.7"), ("text/csv", "5,6", "0.7"),
+                              ("text/csv", "7,8", "0.7")])
+    models = _prepare(aws, root, run, _register(aws))
+    assert models["route"] == "replay"
+    plan = json.loads((root / "output" / "prepare" / "replay-plan.json").read_text())
+    assert sorted(plan["groups"]) == ["csv"]
+    knobs = plan["groups"]["csv"]
+    knobs["data_processing"]["JoinSource"] = join_source
+    assert _transform(aws, tmp_path, run, "candidate", "csv", knobs, containers("0.7", document_per_batch=True))
+    out = tmp_path / "bt" / "candidate" / "csv" / "out"
+    lines = [line for path in sorted(out.rglob("*.out")) for line in path.read_text().splitlines()]
+    if join_source == "None":  # as the service writes documents it did not join: one per mini-batch
+        assert lines and all(line.startswith('{"predictions"') for line in lines) and len(lines) < captured
+    else:  # one joined row per record: record id, input, the record's own answer
+        assert len(lines) == captured and all(line.endswith(',"{""score"":0.7}"') for line in lines)
+
+    evaluation, _ = _join_compare_and_gate(aws, tmp_path, run, ("candidate",))
+
+    assert evaluation["accounting"]["captured"] == evaluation["accounting"]["joined"] == captured == 4
+    records = wr.s3.read_parquet(f"{OUTPUT}/tables/shadow_records/", dataset=True, boto3_session=aws)
+    assert len(records) == 4 and (records["candidate_score"] == 0.7).all() and records["tolerant_match"].all()
