@@ -117,6 +117,8 @@ class _Builder:
         self.production_model = Join(on="-", values=["shadow-eval", run_id, "production"])
         """The production model's copy Prepare creates under the ModelRole (when the endpoint has one)."""
         self.models_file = self._property_file("PreparedModels", "run", "models.json")
+        self.replayed: dict[str, tuple[str, str]] = {}
+        """TransformStep name -> (side, group), for JoinCompare's --transform-job arguments."""
 
     def run_uri(self, *parts: str) -> Any:
         """`<OutputS3Uri>/runs/<execution id>/<parts>`, as one flat Join."""
@@ -169,8 +171,10 @@ class _Builder:
             model_client_config={"InvocationsTimeoutInSeconds": replay.invocation_timeout_s,
                                  "InvocationsMaxRetries": replay.invocation_max_retries})
         title = "Candidate" if side == "candidate" else "Production"
-        return TransformStep(name=f"Replay{title}-{_GROUP_STEP[group]}", step_args=args,
+        step = TransformStep(name=f"Replay{title}-{_GROUP_STEP[group]}", step_args=args,
                              description=f"Replay the {group} records through the {side} model")
+        self.replayed[step.name] = (side, group)
+        return step
 
     def route(self, replay: list, no_replay: list) -> Any:
         """Branch on Prepare's models.json route: replay, no-replay (straight to JoinCompare) or skip."""
@@ -212,11 +216,16 @@ class _Builder:
         sides = ("candidate", "production") if suffix == "WithProduction" else ("candidate",) if replays else ()
         for side in sides:
             inputs.append(self._input(f"replay/{side}", self.run_uri("replay", side, "")))
+        # The branch's own transform jobs (it depends on them): their duration and CloudWatch figures.
+        jobs = []
+        for replay in replays:
+            side, group = self.replayed[replay.name]
+            jobs += ["--transform-job", Join(on="", values=[f"{side}:{group}=", replay.properties.TransformJobName])]
         join_args = self._processor().run(
             inputs=inputs, outputs=[self._output("join", "join"), self._output("report", "report")],
             arguments=["join-compare", "--run-id", self.run_id, "--ground-truth-s3-uri", p["GroundTruthS3Uri"],
                        "--report-s3-uri", self.run_uri("report", "report.html"),
-                       "--tables-s3-uri", Join(on="/", values=[p["OutputS3Uri"], "tables"])],
+                       "--tables-s3-uri", Join(on="/", values=[p["OutputS3Uri"], "tables"]), *jobs],
             kms_key=self.settings.kms_key_id)
         join_compare = ProcessingStep(name=f"JoinCompare{suffix}", step_args=join_args, property_files=[evaluation],
                                       depends_on=replays or None,

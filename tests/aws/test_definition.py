@@ -162,6 +162,27 @@ def test_gate_reads_the_decision_from_evaluation_json(definition):
             {"PropertyFileName": f"Evaluation{suffix}", "OutputName": "report", "FilePath": "evaluation.json"}]
 
 
+def test_join_compare_names_the_transform_jobs_of_its_own_branch(definition):
+    steps = _steps(definition)
+    expected = {"": ["candidate:csv=ReplayCandidate-csv", "candidate:json=ReplayCandidate-json"],
+                "WithProduction": ["candidate:csv=ReplayCandidate-csv", "candidate:json=ReplayCandidate-json",
+                                   "production:csv=ReplayProduction-csv", "production:json=ReplayProduction-json"],
+                "NoReplay": []}
+    for suffix, jobs in expected.items():
+        arguments = steps[f"JoinCompare{suffix}"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+        named = []
+        for i, argument in enumerate(arguments):
+            if argument == "--transform-job":
+                prefix, job_name = arguments[i + 1]["Std:Join"]["Values"]
+                assert arguments[i + 1]["Std:Join"]["On"] == "" and job_name.keys() == {"Get"}
+                step = job_name["Get"].removeprefix("Steps.").removesuffix(".TransformJobName")
+                assert job_name["Get"] == f"Steps.{step}.TransformJobName" and step in steps
+                named.append(prefix + step)
+        assert named == jobs
+        # Only steps JoinCompare already waits for: a property of a step in another branch never resolves.
+        assert sorted(steps[f"JoinCompare{suffix}"].get("DependsOn", [])) == sorted(j.split("=")[1] for j in jobs)
+
+
 def test_every_parameter_has_a_default(definition):
     names = {p["Name"]: p for p in definition["Parameters"]}
     assert set(names) == {"CandidatePackageArn", "ProductionEndpoint", "ProductionVariant", "CaptureS3Uri",
