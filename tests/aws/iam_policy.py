@@ -205,6 +205,8 @@ def needs(service: str, operation: str, params: dict, settings: Any) -> list[Nee
         if operation == "CreateModel":
             return [need("sagemaker:CreateModel", f"{sm}:model/{lower(params['ModelName'])}"),
                     need("iam:PassRole", params["ExecutionRoleArn"], **{"iam:PassedToService": "sagemaker.amazonaws.com"})]
+        if operation == "DescribeTransformJob":
+            return [need("sagemaker:DescribeTransformJob", f"{sm}:transform-job/{lower(params['TransformJobName'])}")]
         if operation == "DescribeModel":
             return [need("sagemaker:DescribeModel", f"{sm}:model/{lower(params['ModelName'])}")]
         if operation == "DescribeEndpoint":
@@ -217,6 +219,8 @@ def needs(service: str, operation: str, params: dict, settings: Any) -> list[Nee
         if operation in ("CreatePipeline", "UpdatePipeline"):
             return [need(f"sagemaker:{operation}", f"{sm}:pipeline/{lower(params['PipelineName'])}"),
                     need("iam:PassRole", params["RoleArn"], **{"iam:PassedToService": "sagemaker.amazonaws.com"})]
+    if service == "cloudwatch" and operation in ("ListMetrics", "GetMetricData"):
+        return [need(f"cloudwatch:{operation}", "*")]  # no resource type (Service Authorization Reference)
     if service == "iam" and operation == "GetRole":
         return [need("iam:GetRole", f"arn:{PARTITION}:iam::{ACCOUNT}:role/{params['RoleName']}")]
     if service in ("events", "eventbridge"):

@@ -192,8 +192,12 @@ def _prepare(aws, root: Path, run: str, package: str) -> dict:
     return models
 
 
-def _join_compare_and_gate(aws, tmp_path: Path, run: str, replayed: tuple[str, ...]) -> tuple[dict, dict]:
-    """JoinCompare, then the step the Gate routes its decision to; each in a fresh Processing root."""
+def _join_compare_and_gate(aws, tmp_path: Path, run: str, replayed: tuple[str, ...],
+                           transform_jobs: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """JoinCompare, then the step the Gate routes its decision to; each in a fresh Processing root.
+
+    transform_jobs: `SIDE:GROUP=NAME` as the pipeline passes them (--transform-job).
+    """
     report_uri = f"{OUTPUT}/runs/{run}/report/report.html"
     join_root = tmp_path / "join-compare"
     shutil.copytree(tmp_path / "root" / "input" / "config", join_root / "input" / "config")
@@ -204,7 +208,8 @@ def _join_compare_and_gate(aws, tmp_path: Path, run: str, replayed: tuple[str, .
     parse = entrypoints._parser().parse_args
     evaluation = entrypoints.run_join_compare(parse([
         "join-compare", "--root", str(join_root), "--run-id", run, "--report-s3-uri", report_uri,
-        "--tables-s3-uri", f"{OUTPUT}/tables"]), aws)
+        "--tables-s3-uri", f"{OUTPUT}/tables", *(a for job in transform_jobs for a in ("--transform-job", job))]),
+        aws)
     _upload(aws, join_root / "output" / "report", f"shadow-eval/runs/{run}/report")
 
     gate_root = tmp_path / "gate"

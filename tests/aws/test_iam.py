@@ -124,7 +124,8 @@ def job_calls(tmp_path_factory, aws_config_path, aws_config):
                 for side in ("candidate", "production"):
                     for group in chain.GROUPS:
                         chain._transform(aws, tmp / "a", "exec1", side, group, plan["groups"][group], url)
-            chain._join_compare_and_gate(aws, tmp / "a", "exec1", ("candidate", "production"))
+            jobs = _replay_jobs(aws, "exec1")
+            chain._join_compare_and_gate(aws, tmp / "a", "exec1", ("candidate", "production"), jobs)
             assert models["route"] == "replay"
             # A retried JoinCompare replaces the run's table partitions.
             for folder in ("join-compare", "gate"):
@@ -155,6 +156,27 @@ def job_calls(tmp_path_factory, aws_config_path, aws_config):
             entrypoints.download_hours(aws.client("s3"), LABELS, tmp / "labels", at(9), at(11))
         calls.extend(made)
     return calls
+
+
+def _replay_jobs(aws, run: str) -> tuple[str, ...]:
+    """The run's transform jobs as Pipelines names them, with the metrics SageMaker publishes for each."""
+    sagemaker, cloudwatch, jobs = aws.client("sagemaker"), aws.client("cloudwatch"), []
+    for side in ("candidate", "production"):
+        for group in chain.GROUPS:
+            name = f"pipelines-{run}x7k2q-Replay{side.title()}-{group}-Ab12Cd34"
+            sagemaker.create_transform_job(
+                TransformJobName=name, ModelName=f"shadow-eval-{run}-{side}",
+                TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+                TransformOutput={"S3OutputPath": "s3://b/out/"},
+                TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1})
+            started = sagemaker.describe_transform_job(TransformJobName=name)["TransformStartTime"]
+            host = [{"Name": "Host", "Value": f"{name}/i-0abc"}]
+            cloudwatch.put_metric_data(Namespace="/aws/sagemaker/TransformJobs", MetricData=[
+                {"MetricName": "CPUUtilization", "Dimensions": host, "Timestamp": started, "Value": 40.0}])
+            cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+                {"MetricName": "ModelLatency", "Dimensions": host, "Timestamp": started, "Value": 9000.0}])
+            jobs.append(f"{side}:{group}={name}")
+    return tuple(jobs)
 
 
 class _containers:
@@ -282,6 +304,24 @@ def service_calls(aws_config, stack):
 
 
 @pytest.mark.slow
+def test_join_compare_reads_the_replay_jobs_figures_as_the_job_role(stack, job_calls, aws_config):
+    """--transform-job: DescribeTransformJob per job, ListMetrics and GetMetricData, each allowed to the JobRole."""
+    _, settings = aws_config
+    described = {c.params["TransformJobName"] for c in job_calls if c.operation == "DescribeTransformJob"}
+    assert len(described) == 2 * len(chain.GROUPS) and all(name.startswith("pipelines-") for name in described)
+    queried = {d["Value"].split("/")[0] for c in job_calls if c.operation == "GetMetricData"
+               for q in c.params["MetricDataQueries"] for d in q["MetricStat"]["Metric"]["Dimensions"]}
+    assert queried == described  # every job's metrics were found and read
+    reads = [c for c in job_calls if c.service in ("cloudwatch", "sagemaker") and c.operation in
+             ("DescribeTransformJob", "ListMetrics", "GetMetricData")]
+    assert {c.operation for c in reads} == {"DescribeTransformJob", "ListMetrics", "GetMetricData"}
+    wanted = [n for c in reads for n in needs(c.service, c.operation, c.params, settings)]
+    assert _denied(stack["JobRole"], wanted) == []
+    # Only the pipeline's own transform jobs: another job of the account is not readable.
+    other = Need("sagemaker:DescribeTransformJob", f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:transform-job/someone-else")
+    assert not stack["JobRole"].allowing(other)
+
+
 def test_what_the_services_do_for_us_is_allowed(stack, service_calls):
     assert {role: _denied(stack[role], wanted) for role, wanted in service_calls.items()} == \
         {role: [] for role in service_calls}

@@ -15,7 +15,9 @@ STAR_RESOURCE_ALLOWED = {"ecr:GetAuthorizationToken", "ec2:CreateNetworkInterfac
                          "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
                          "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
                          "sagemaker:ListModelPackages",  # Prepare finds the pending packages of the group
-                         "cloudwatch:PutMetricData"}     # conditioned on the /aws/sagemaker/* namespaces
+                         "cloudwatch:PutMetricData",     # conditioned on the /aws/sagemaker/* namespaces
+                         # JoinCompare reads the replay jobs' figures; CloudWatch has no resource type for these
+                         "cloudwatch:ListMetrics", "cloudwatch:GetMetricData"}
 
 
 @pytest.fixture(scope="module")
