@@ -636,7 +636,7 @@ def segment_checks(comparison: Comparison) -> list[CheckResult]:
     return [CheckResult(judged.name, judged.metric, judged.value, judged.threshold, judged.direction, judged.severity,
                         judged.passed, "pass" if judged.passed else "fail", judged.reason, judged_on="segments",
                         estimate=judged.estimate, ci_low=judged.ci_low, ci_high=judged.ci_high,
-                        slices=tuple(e.to_json() for e in judged.flagged))]
+                        slices=tuple({**e.to_json(), "slice": e.name} for e in judged.flagged))]
 
 
 def configured_checks(comparison: Comparison, gate: GateConfig) -> list[CheckResult]:

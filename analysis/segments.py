@@ -72,7 +72,16 @@ class SegmentSettings:
 
     @classmethod
     def of(cls, config: Any) -> "SegmentSettings":
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+        """The settings; a margin left None is the gate policy's default (steps.compare passes the configured one)."""
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
+        for key, default in _POLICY_MARGINS.items():
+            if values[key] is None:
+                values[key] = default
+        return cls(**values)
+
+
+_POLICY_MARGINS = {"segment_accuracy_margin": 0.01, "segment_mae_margin": 0.05}
+"""gate.policy's default accuracy_margin and mae_margin: a segment is judged on the margin the whole run is."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Compare stage: a run's joined records in, its Comparison out; its metrics as table rows."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from analysis.gate import Decision
 from analysis.ground_truth import LabelVocabularies
 from analysis.results import Comparison
 from steps import invocations, join
-from steps.config import Config
+from steps.config import CompareConfig, Config
 
 # What the statistics read, part by part; the record ids only sort the records (in DuckDB) and the
 # inputs are read back only for the few top changed records.
@@ -40,6 +41,16 @@ class LabelVocabularyError(ValueError):
     """Ground-truth labels that share no value with either model's labels: nothing could be judged on them."""
 
 
+def with_segment_margins(config: Config) -> CompareConfig:
+    """config.compare with the segment margins left unset taken from the gate's policy (one margin, one meaning)."""
+    compare, policy = config.compare, config.gate.policy
+    return dataclasses.replace(
+        compare,
+        segment_accuracy_margin=policy.accuracy_margin if compare.segment_accuracy_margin is None
+        else compare.segment_accuracy_margin,
+        segment_mae_margin=policy.mae_margin if compare.segment_mae_margin is None else compare.segment_mae_margin)
+
+
 def run(config: Config, run_dir: Path) -> Comparison:
     """Every declared statistic over the run's joined records, for the whole run and each slice.
 
@@ -48,7 +59,7 @@ def run(config: Config, run_dir: Path) -> Comparison:
     """
     run_dir = Path(run_dir)
     parts = join.parquet_parts(run_dir / "join" / "records")
-    compare_config = config.compare
+    compare_config = with_segment_margins(config)
     columns = sorted({*_COLUMNS, *(_SLICE_COLUMNS.get(s.by, "input_text") for s in compare_config.slices),
                       *(_AUTO_SEGMENT_COLUMNS if compare_config.auto_segments else ())})
     schema = pa.schema([join.RECORDS_SCHEMA.field(name) for name in columns])

@@ -163,16 +163,18 @@ class CompareConfig:
     # Automatic segments (analysis.segments): every input column or field and CustomAttributes key.
     auto_segments: bool = True
     """Also cut the records by every input column (CSV) or field (JSON) and every CustomAttributes key."""
-    segment_bins: int = 5
-    """Quantile bins of a numeric feature."""
+    segment_bins: int = 10
+    """Quantile bins of a numeric feature (deciles: a range of a tenth of the traffic is one segment)."""
     segment_top_values: int = 10
     """Most frequent values of a categorical feature kept as segments; the rest share `other`."""
     max_segment_features: int = 500
     """Features segmented at most (the first seen); wider inputs are reported as skipped."""
-    segment_accuracy_margin: float = 0.05
-    """Classification: a segment whose accuracy is credibly more than this below production's is flagged."""
-    segment_mae_margin: float = 0.10
-    """Regression: a segment whose MAE is credibly more than this share above production's is flagged."""
+    segment_accuracy_margin: float | None = None
+    """Classification: a segment whose accuracy is credibly more than this below production's is flagged
+    (None: gate.policy.accuracy_margin, the margin the whole run is judged on)."""
+    segment_mae_margin: float | None = None
+    """Regression: a segment whose MAE is credibly more than this share above production's is flagged
+    (None: gate.policy.mae_margin)."""
     segment_alpha: float = 0.05
     """False-discovery rate (Benjamini-Hochberg) over every segment tested."""
 
@@ -183,7 +185,7 @@ class CompareConfig:
                 raise ConfigError("<config>", f"compare.{key}", f"must be {low} or more")
         for key, value in (("segment_accuracy_margin", self.segment_accuracy_margin),
                            ("segment_mae_margin", self.segment_mae_margin), ("segment_alpha", self.segment_alpha)):
-            if not 0 <= value < 1:
+            if value is not None and not 0 <= value < 1:
                 raise ConfigError("<config>", f"compare.{key}", "must be at least 0 and below 1")
 
 
@@ -528,7 +530,7 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
             raise ConfigError(source, key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
         if not math.isfinite(value):
-            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
+            raise ConfigError(source, key, f"{value!r} is not a finite number")
         _check_range(key, value, source)
         return hint(value)
     if hint is str:

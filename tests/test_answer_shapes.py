@@ -45,7 +45,9 @@ def test_the_same_model_in_another_answer_shape_is_approved(tmp_path, shape):
     model = build_model_tar(tmp_path / "candidate.tar.gz", OUTPUT_FNS[shape])
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"workspace": str(tmp_path / "ws"), "capture": {"root": str(tmp_path / "capture")},
-                                      "candidate": {"model": str(model)}, "gate": {"min_records": 10}}))
+                                      "candidate": {"model": str(model)},
+                                      # 32 unlabelled records cannot show equivalence within 1%; 20% they can
+                                      "gate": {"min_records": 10, "policy": {"equivalence_margin": 0.2}}}))
 
     outcome = pipeline.run_local(load_config(config), run_id="shape")
 

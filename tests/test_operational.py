@@ -155,7 +155,8 @@ def test_without_production_only_the_candidates_own_rates_exist():
 
 @pytest.mark.parametrize("check, outcome", [
     (GateCheck("p50_latency_ratio", 1.3, "at_most"), "pass"),
-    (GateCheck("p50_latency_ratio", 1.3, "at_most", judge_on="interval"), "fail"),  # the upper bound is above
+    # the estimate meets 1.3 but the upper bound is above it: the interval cannot tell yet
+    (GateCheck("p50_latency_ratio", 1.3, "at_most", judge_on="interval"), "undecided"),
     (GateCheck("p50_latency_ratio", 1.05, "at_most"), "fail"),
     (GateCheck("throughput_ratio", 0.6, "at_least", judge_on="interval"), "pass"),
     (GateCheck("error_rate", 0.001, "at_most", relative_to_production=True), "pass"),
