@@ -79,7 +79,8 @@ class FakeHandler(BaseHTTPRequestHandler):
             calls.max_in_flight = max(calls.max_in_flight, calls.in_flight)
             calls.changed.notify_all()
             if b"delay" in body and calls.gather:
-                calls.changed.wait_for(lambda: calls.in_flight >= calls.gather, timeout=10)  # generous: a loaded machine
+                # generous: on a loaded machine the other requests may take a while to arrive
+                calls.changed.wait_for(lambda: calls.in_flight >= calls.gather, timeout=10)
         try:
             if b"delay" in body:
                 time.sleep(0.1)
