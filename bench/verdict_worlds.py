@@ -40,6 +40,7 @@ import yaml
 from steps.backends.registry import LocalRegistry
 from steps.capture_writer import CaptureWriter, DataCaptureSettings, GroundTruthLabel, write_ground_truth
 from steps.config import load_config
+from steps.demo import DATA_CAPTURE_CONFIG
 from steps.model_server import serve_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,10 +58,6 @@ CHANNELS, CHANNEL_WEIGHTS = ("web", "app", "partner"), (0.55, 0.33, 0.12)
 TIERS, TIER_WEIGHTS = ("a", "b", "c", "d"), (0.4, 0.3, 0.2, 0.1)
 X3_MEAN, X3_SD = 50.0, 15.0
 X3_CUT = X3_MEAN + 1.175 * X3_SD  # the top 12% of x3
-DATA_CAPTURE_CONFIG = {"InitialSamplingPercentage": 100,
-                       "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"],
-                                                    "JsonContentTypes": ["application/json",
-                                                                         "application/jsonlines"]}}
 
 
 @dataclasses.dataclass(frozen=True)
