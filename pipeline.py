@@ -134,8 +134,7 @@ def run_local(config: Config, run_id: str | None = None, candidate_package: str 
     gate.record(run_dir, comparison, accounting, decision, registry, run_info["candidate_package"],
                 run_info["status_at_start"], run_id)
     return RunOutcome(run_id, run_dir, decision.status, decision.reasons, decision.task, accounting,
-                      _headline(comparison),
-                      paths["report.html"], workspace / "shadow.duckdb")
+                      _headline(comparison), paths["report.html"], workspace / "shadow.duckdb")
 
 
 _NOT_RESULTS = ("candidate.model", "production.model", "replay.invocation_timeout_s",
