@@ -22,24 +22,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import gzip
 import http.client
 import importlib.util
-import io
 import json
 import math
 import random
 import statistics
-import tarfile
 import urllib.parse
 from pathlib import Path
 
-import joblib
 import yaml
 
 from steps.backends.registry import LocalRegistry
 from steps.capture_writer import CaptureWriter, DataCaptureSettings, GroundTruthLabel, write_ground_truth
 from steps.config import load_config
+from steps import demo
 from steps.demo import DATA_CAPTURE_CONFIG
 from steps.model_server import serve_model
 
@@ -189,17 +186,7 @@ def candidate_params(spec: Spec) -> dict:
 
 def package_model(params: dict, tarball: Path) -> Path:
     """model.tar.gz: model.joblib (the parameters) and code/inference.py, byte-identical per parameters."""
-    pickled = io.BytesIO()
-    joblib.dump(params, pickled)
-    members = {"model.joblib": pickled.getvalue(), "code/inference.py": INFERENCE_CODE.read_bytes()}
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    with tarball.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            archive.addfile(info, io.BytesIO(data))
-    return tarball
+    return demo.package_model(params, tarball, INFERENCE_CODE)
 
 
 # ------------------------------------------------------------------ traffic and truth

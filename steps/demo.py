@@ -168,11 +168,11 @@ def train_models(seed: int) -> tuple[Pipeline, GradientBoostingClassifier, np.nd
     return production, candidate, x_traffic, y_traffic
 
 
-def package_model(model, tarball: Path) -> Path:
+def package_model(model, tarball: Path, inference_code: Path = INFERENCE_CODE) -> Path:
     """model.tar.gz in the SageMaker scikit-learn layout: model.joblib and code/inference.py."""
     pickled = io.BytesIO()
     joblib.dump(model, pickled)
-    members = {"model.joblib": pickled.getvalue(), "code/inference.py": INFERENCE_CODE.read_bytes()}
+    members = {"model.joblib": pickled.getvalue(), "code/inference.py": inference_code.read_bytes()}
     tarball.parent.mkdir(parents=True, exist_ok=True)
     # Fixed times and owners so the same model gives the same bytes.
     with tarball.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
